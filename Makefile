@@ -1,0 +1,32 @@
+# Convenience entry points; the real build is CMake (see README.md).
+#   make test        install deps, build (warnings as errors), run every test
+#   make test-asan   the same under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make test-tsan   the same under ThreadSanitizer
+JOBS ?= $(shell nproc)
+CTEST_ARGS ?=
+
+.PHONY: deps build test test-asan test-tsan clean
+
+deps:
+	./deploy/install-deps.sh
+
+build: deps
+	cmake -S . -B build -DMLS_WERROR=ON
+	cmake --build build -j $(JOBS)
+
+test: build
+	ctest --test-dir build --output-on-failure -j $(JOBS) $(CTEST_ARGS)
+
+test-asan: deps
+	cmake -S . -B build-asan -DMLS_WERROR=ON -DMLS_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
+	cmake --build build-asan -j $(JOBS)
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  ctest --test-dir build-asan --output-on-failure -j $(JOBS) $(CTEST_ARGS)
+
+test-tsan: deps
+	cmake -S . -B build-tsan -DMLS_WERROR=ON -DMLS_TSAN=ON -DCMAKE_BUILD_TYPE=Debug
+	cmake --build build-tsan -j $(JOBS)
+	ctest --test-dir build-tsan --output-on-failure -j $(JOBS) $(CTEST_ARGS)
+
+clean:
+	rm -rf build build-asan build-tsan
