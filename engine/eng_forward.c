@@ -1,0 +1,641 @@
+/*
+ * eng_forward.c - the DeepSeek-V2/V3 forward pass over a batch of tokens.
+ *
+ * One routine serves prefill (T tokens of one sequence) and batched decode
+ * (one token of each of T sequences): every token carries its sequence and
+ * position; the GEMMs run over all T rows at once. Per layer:
+ *
+ *   h      = rmsnorm(x)                                  (T, hidden)
+ *   q      = q_b(rmsnorm(q_a(h)))  or  q_proj(h)         (T, heads, nope+rope)
+ *   kv     = kv_a_proj_with_mqa(h)                       (T, R + D)
+ *   latent = rmsnorm(kv[:, :R]);  k_pe = rope(kv[:, R:]) -> written into the pool
+ *   q_lat  = q_nope . W_UK[h]   (absorbed)               (T, heads, R)
+ *   att    = MLA attention over the paged latent cache   (T, heads, R)
+ *   o      = o_proj(att . W_UV[h]^T)                     (T, hidden)
+ *   x     += o;  x += ffn(rmsnorm(x))   (dense MLP, or routed + shared experts)
+ *
+ * The cache is only ever read as latent rows: decode never decompresses it.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "eng_internal.h"
+#include "mls_alloc.h"
+#include "mls_log.h"
+#include "mls_num.h"
+
+typedef struct {
+    float *x;         /* (T, hidden) residual stream */
+    float *h;         /* (T, hidden) normalised input of a block */
+    float *qa;        /* (T, q_lora_rank) */
+    float *q;         /* (T, heads * (nope + rope)) */
+    float *kv;        /* (T, R + D) */
+    float *q_lat;     /* (T, heads, R) absorbed queries */
+    float *q_rope;    /* (T, heads, D) */
+    float *att;       /* (T, heads, R) attention output in latent space */
+    float *g_in;      /* (T, max(R, nope)) one head's gathered rows */
+    float *g_out;     /* (T, max(R, v)) */
+    float *attn_out;  /* (T, heads * v) */
+    float *f_gate;    /* (T, max ffn width) */
+    float *f_up;      /* (T, max ffn width) */
+    float *f_in;      /* (T, hidden) rows routed to one expert */
+    float *f_out;     /* (T, hidden) */
+    float *moe;       /* (T, hidden) routed + shared expert sum */
+    float *scores;    /* (T, E) router scores */
+    float *biased;    /* (E) selection scores */
+    float *topw;      /* (T, K) routing weights */
+    int32_t *topk;    /* (T, K) chosen experts */
+    int32_t *route;   /* (T * K) token indices grouped by expert */
+    int32_t *route_k; /* (T * K) which of the token's K slots */
+    int32_t *count;   /* (E + 1) tokens per expert, then offsets */
+    int32_t *pos;     /* (T) position of each token */
+    int32_t *tok_seq; /* (T) sequence index of each token */
+    int32_t *out_row; /* (T) rows whose logits are wanted */
+    kc_mla_seq *mseq; /* (T) attention descriptors */
+} eng_scratch;
+
+struct eng_ctx {
+    const eng_model *model;
+    eng_kv_pool *pool;
+    const eng_backend_ops *be;
+    kc_pool *threads;
+    int32_t chunk;
+    int32_t cap_tokens;       /* rows the scratch holds */
+    void *scratch_mem;
+    size_t scratch_bytes;
+    eng_scratch s;
+    void *mla_ws;
+    size_t mla_ws_bytes;
+};
+
+/* Carve (or, with base NULL, size) the scratch tensors for T rows. */
+static size_t eng_scratch_carve(const eng_config *c, int32_t T, uint8_t *base, eng_scratch *s)
+{
+    size_t off = 0;
+    int64_t heads = c->num_attention_heads, R = c->kv_lora_rank, D = c->qk_rope_head_dim;
+    int64_t nope = c->qk_nope_head_dim, v = c->v_head_dim;
+    int64_t E = c->n_routed_experts > 0 ? c->n_routed_experts : 1;
+    int64_t K = c->num_experts_per_tok > 0 ? c->num_experts_per_tok : 1;
+    int64_t ffn = c->intermediate_size;
+    int64_t shared = (int64_t)c->moe_intermediate_size * (c->n_shared_experts > 0 ? c->n_shared_experts : 1);
+
+    if (shared > ffn) {
+        ffn = shared;
+    }
+    if (c->moe_intermediate_size > ffn) {
+        ffn = c->moe_intermediate_size;
+    }
+#define ENG_CARVE(field, count)                                                   \
+    do {                                                                          \
+        size_t bytes_ = ((size_t)(count) * sizeof(*s->field) + 63) & ~(size_t)63; \
+        if (base != NULL) {                                                       \
+            s->field = (void *)(base + off);                                      \
+        }                                                                         \
+        off += bytes_;                                                            \
+    } while (0)
+    ENG_CARVE(x, T * c->hidden_size);
+    ENG_CARVE(h, T * c->hidden_size);
+    ENG_CARVE(qa, T * (c->q_lora_rank > 0 ? c->q_lora_rank : 1));
+    ENG_CARVE(q, T * heads * (nope + D));
+    ENG_CARVE(kv, T * (R + D));
+    ENG_CARVE(q_lat, T * heads * R);
+    ENG_CARVE(q_rope, T * heads * D);
+    ENG_CARVE(att, T * heads * R);
+    ENG_CARVE(g_in, T * (R > nope ? R : nope));
+    ENG_CARVE(g_out, T * (R > v ? R : v));
+    ENG_CARVE(attn_out, T * heads * v);
+    ENG_CARVE(f_gate, T * ffn);
+    ENG_CARVE(f_up, T * ffn);
+    ENG_CARVE(f_in, T * c->hidden_size);
+    ENG_CARVE(f_out, T * c->hidden_size);
+    ENG_CARVE(moe, T * c->hidden_size);
+    ENG_CARVE(scores, T * E);
+    ENG_CARVE(biased, E);
+    ENG_CARVE(topw, T * K);
+    ENG_CARVE(topk, T * K);
+    ENG_CARVE(route, T * K);
+    ENG_CARVE(route_k, T * K);
+    ENG_CARVE(count, E + 1);
+    ENG_CARVE(pos, T);
+    ENG_CARVE(tok_seq, T);
+    ENG_CARVE(out_row, T);
+    ENG_CARVE(mseq, T);
+#undef ENG_CARVE
+    return off;
+}
+
+static mls_status eng_ctx_reserve(eng_ctx *ctx, int32_t T)
+{
+    const eng_config *c = &ctx->model->cfg;
+    size_t bytes;
+    void *mem;
+
+    if (T <= ctx->cap_tokens) {
+        return MLS_OK;
+    }
+    bytes = eng_scratch_carve(c, T, NULL, &ctx->s);
+    mem = mls_alloc(MLS_ALLOC_TAG_SCRATCH, bytes);
+    if (mem == NULL) {
+        mls_error("engine: cannot allocate %zu bytes of scratch for %d tokens", bytes, T);
+        return MLS_ERR_NO_MEMORY;
+    }
+    mls_free(MLS_ALLOC_TAG_SCRATCH, ctx->scratch_mem, ctx->scratch_bytes);
+    ctx->scratch_mem = mem;
+    ctx->scratch_bytes = bytes;
+    eng_scratch_carve(c, T, mem, &ctx->s);
+    ctx->cap_tokens = T;
+    return MLS_OK;
+}
+
+mls_status eng_ctx_create(const eng_model *model, eng_kv_pool *pool, int n_threads,
+                          eng_ctx **ctx_p)
+{
+    const eng_config *c = &model->cfg;
+    const kvl_layout *layout = eng_kv_pool_layout(pool);
+    eng_ctx *ctx;
+    mls_status st;
+
+    if (layout->kv_lora_rank != (uint32_t)c->kv_lora_rank ||
+        layout->rope_dim != (uint32_t)c->qk_rope_head_dim ||
+        eng_kv_pool_layers(pool) != c->num_hidden_layers) {
+        mls_error("engine: kv pool shape (R=%u D=%u layers=%d) does not fit the model "
+                  "(R=%d D=%d layers=%d)", layout->kv_lora_rank, layout->rope_dim,
+                  eng_kv_pool_layers(pool), c->kv_lora_rank, c->qk_rope_head_dim,
+                  c->num_hidden_layers);
+        return MLS_ERR_INVALID_ARG;
+    }
+    ctx = mls_alloc(MLS_ALLOC_TAG_SCRATCH, sizeof(*ctx));
+    if (ctx == NULL) {
+        return MLS_ERR_NO_MEMORY;
+    }
+    ctx->model = model;
+    ctx->pool = pool;
+    ctx->be = &eng_backend_cpu;
+    ctx->chunk = 256;
+    st = kc_pool_create(n_threads, &ctx->threads);
+    if (st != MLS_OK) {
+        mls_free(MLS_ALLOC_TAG_SCRATCH, ctx, sizeof(*ctx));
+        return st;
+    }
+    *ctx_p = ctx;
+    return MLS_OK;
+}
+
+void eng_ctx_destroy(eng_ctx *ctx)
+{
+    if (ctx == NULL) {
+        return;
+    }
+    kc_pool_destroy(ctx->threads);
+    mls_free(MLS_ALLOC_TAG_SCRATCH, ctx->scratch_mem, ctx->scratch_bytes);
+    mls_free(MLS_ALLOC_TAG_SCRATCH, ctx->mla_ws, ctx->mla_ws_bytes);
+    mls_free(MLS_ALLOC_TAG_SCRATCH, ctx, sizeof(*ctx));
+}
+
+void eng_ctx_set_chunk(eng_ctx *ctx, int32_t chunk_tokens)
+{
+    ctx->chunk = chunk_tokens > 0 ? chunk_tokens : 256;
+}
+
+/* ---- attention ------------------------------------------------------------ */
+
+static mls_status eng_attention(eng_ctx *ctx, const eng_layer *L, int32_t layer, int32_t T,
+                                eng_seq *const *seqs, int32_t n_seqs)
+{
+    const eng_model *m = ctx->model;
+    const eng_config *c = &m->cfg;
+    const eng_backend_ops *be = ctx->be;
+    const kvl_layout *layout = eng_kv_pool_layout(ctx->pool);
+    eng_scratch *s = &ctx->s;
+    int64_t H = c->hidden_size, heads = c->num_attention_heads, R = c->kv_lora_rank;
+    int64_t D = c->qk_rope_head_dim, nope = c->qk_nope_head_dim, v = c->v_head_dim;
+    int64_t qk = nope + D;
+    uint8_t *kv_base = eng_kv_pool_layer_base(ctx->pool, layer);
+    kc_mla_params mp;
+    size_t ws;
+
+    /* queries */
+    if (c->q_lora_rank > 0) {
+        be->matmul(ctx->threads, &L->q_a.m, s->h, T, s->qa);
+        be->rmsnorm(s->qa, L->q_a_norm, T, c->q_lora_rank, c->rms_norm_eps, s->qa);
+        be->matmul(ctx->threads, &L->q_b.m, s->qa, T, s->q);
+    } else {
+        be->matmul(ctx->threads, &L->q.m, s->h, T, s->q);
+    }
+    /* this layer's latent rows: normalise, rotate, store into the pages */
+    be->matmul(ctx->threads, &L->kv_a.m, s->h, T, s->kv);
+    for (int32_t t = 0; t < T; t++) {
+        float *row = s->kv + t * (R + D);
+        const eng_seq *seq = seqs[s->tok_seq[t]];
+        int32_t p = s->pos[t];
+        uint8_t *dst;
+
+        be->rmsnorm(row, L->kv_a_norm, 1, R, c->rms_norm_eps, row);
+        be->rope(row + R, 1, D, D, p, m->inv_freq);
+        be->rope(s->q + t * heads * qk + nope, heads, D, qk, p, m->inv_freq);
+        if (m->rope_mscale != 1.0f) {
+            for (int64_t i = 0; i < D; i++) {
+                row[R + i] *= m->rope_mscale;
+            }
+            for (int64_t h = 0; h < heads; h++) {
+                for (int64_t i = 0; i < D; i++) {
+                    s->q[t * heads * qk + h * qk + nope + i] *= m->rope_mscale;
+                }
+            }
+        }
+        dst = kv_base + (uint64_t)seq->pages[p / KVL_PAGE_TOKENS] * layout->page_bytes +
+              (uint64_t)(p % KVL_PAGE_TOKENS) * layout->row_bytes;
+        kvl_row_store(layout, dst, row, row + R);
+    }
+
+    /* absorb W_UK: q_lat[t, h, :] = q_nope[t, h, :] . kv_b[h*(nope+v) : +nope, :] */
+    for (int64_t h = 0; h < heads; h++) {
+        kc_matrix wuk = L->kv_b.m;
+        wuk.row0 = h * (nope + v);
+        wuk.rows = nope;
+        for (int32_t t = 0; t < T; t++) {
+            memcpy(s->g_in + t * nope, s->q + t * heads * qk + h * qk, sizeof(float) * nope);
+            memcpy(s->q_rope + (t * heads + h) * D, s->q + t * heads * qk + h * qk + nope,
+                   sizeof(float) * D);
+        }
+        be->matmul_t(ctx->threads, &wuk, s->g_in, T, s->g_out);
+        for (int32_t t = 0; t < T; t++) {
+            memcpy(s->q_lat + (t * heads + h) * R, s->g_out + t * R, sizeof(float) * R);
+        }
+    }
+
+    /* attention over the latent cache */
+    for (int32_t i = 0; i < n_seqs; i++) {
+        s->mseq[i].page_table = seqs[i]->pages;
+    }
+    mp.layout = layout;
+    mp.kv_base = kv_base;
+    mp.n_heads = (int32_t)heads;
+    mp.softmax_scale = m->softmax_scale;
+    mp.q_latent = s->q_lat;
+    mp.q_rope = s->q_rope;
+    mp.out = s->att;
+    mp.seqs = s->mseq;
+    mp.n_seqs = n_seqs;
+    ws = be->mla_workspace_size(ctx->threads, &mp);
+    if (ws > ctx->mla_ws_bytes) {
+        void *mem = mls_alloc(MLS_ALLOC_TAG_SCRATCH, ws);
+        if (mem == NULL) {
+            return MLS_ERR_NO_MEMORY;
+        }
+        mls_free(MLS_ALLOC_TAG_SCRATCH, ctx->mla_ws, ctx->mla_ws_bytes);
+        ctx->mla_ws = mem;
+        ctx->mla_ws_bytes = ws;
+    }
+    be->mla_attention(ctx->threads, &mp, ctx->mla_ws);
+
+    /* W_UV: attn_out[t, h*v + j] = att[t, h, :] . kv_b[h*(nope+v) + nope + j, :] */
+    for (int64_t h = 0; h < heads; h++) {
+        kc_matrix wuv = L->kv_b.m;
+        wuv.row0 = h * (nope + v) + nope;
+        wuv.rows = v;
+        for (int32_t t = 0; t < T; t++) {
+            memcpy(s->g_in + t * R, s->att + (t * heads + h) * R, sizeof(float) * R);
+        }
+        be->matmul(ctx->threads, &wuv, s->g_in, T, s->g_out);
+        for (int32_t t = 0; t < T; t++) {
+            memcpy(s->attn_out + t * heads * v + h * v, s->g_out + t * v, sizeof(float) * v);
+        }
+    }
+    be->matmul(ctx->threads, &L->o.m, s->attn_out, T, s->f_out);
+    for (int64_t i = 0; i < (int64_t)T * H; i++) {
+        s->x[i] += s->f_out[i];
+    }
+    return MLS_OK;
+}
+
+/* ---- feed-forward ---------------------------------------------------------- */
+
+/* out[n, hidden] = down(silu(gate(in)) * up(in)) */
+static void eng_mlp_run(eng_ctx *ctx, const eng_mlp *mlp, const float *in, int32_t n, float *out)
+{
+    const eng_backend_ops *be = ctx->be;
+    int64_t inter = mlp->gate.m.rows;
+
+    be->matmul(ctx->threads, &mlp->gate.m, in, n, ctx->s.f_gate);
+    be->matmul(ctx->threads, &mlp->up.m, in, n, ctx->s.f_up);
+    be->silu_mul(ctx->s.f_gate, ctx->s.f_up, (int64_t)n * inter);
+    be->matmul(ctx->threads, &mlp->down.m, ctx->s.f_gate, n, out);
+}
+
+/*
+ * Router for one token (DeepSeek semantics): scores = softmax|sigmoid(logits);
+ * selection uses scores + bias (noaux_tc) restricted to the topk_group best
+ * groups (group score = top-2 sum with a bias, else max); weights are the
+ * unbiased scores of the chosen experts, normalised when norm_topk_prob, then
+ * scaled by routed_scaling_factor (V2 skips the scaling when normalising).
+ */
+static void eng_route(const eng_config *c, const float *bias, float *scores /* (E) */,
+                      float *biased /* (E) */, int32_t *ids /* (K) */, float *w /* (K) */)
+{
+    int32_t E = c->n_routed_experts, K = c->num_experts_per_tok;
+    bool v2 = strcmp(c->model_type, "deepseek_v2") == 0;
+    double sum = 0;
+
+    if (c->scoring_func == ENG_SCORE_SOFTMAX) {
+        float max = scores[0];
+        double z = 0;
+        for (int32_t e = 1; e < E; e++) {
+            max = fmaxf(max, scores[e]);
+        }
+        for (int32_t e = 0; e < E; e++) {
+            scores[e] = expf(scores[e] - max);
+            z += scores[e];
+        }
+        for (int32_t e = 0; e < E; e++) {
+            scores[e] = (float)(scores[e] / z);
+        }
+    } else {
+        for (int32_t e = 0; e < E; e++) {
+            scores[e] = 1.0f / (1.0f + expf(-scores[e]));
+        }
+    }
+    for (int32_t e = 0; e < E; e++) {
+        biased[e] = scores[e] + (bias != NULL ? bias[e] : 0.0f);
+    }
+    if (c->topk_method != ENG_TOPK_GREEDY && c->n_group > 1) {
+        int32_t per = E / c->n_group;
+        float gscore[ENG_MAX_GROUPS];
+        bool keep[ENG_MAX_GROUPS] = {false};
+        for (int32_t g = 0; g < c->n_group; g++) {
+            const float *b = biased + g * per;
+            float top1 = -INFINITY, top2 = -INFINITY;
+            for (int32_t i = 0; i < per; i++) {
+                if (b[i] > top1) {
+                    top2 = top1;
+                    top1 = b[i];
+                } else if (b[i] > top2) {
+                    top2 = b[i];
+                }
+            }
+            gscore[g] = bias != NULL ? top1 + (per > 1 ? top2 : 0.0f) : top1;
+        }
+        for (int32_t k = 0; k < c->topk_group; k++) {
+            int32_t best = -1;
+            for (int32_t g = 0; g < c->n_group; g++) {
+                if (!keep[g] && (best < 0 || gscore[g] > gscore[best])) {
+                    best = g;
+                }
+            }
+            keep[best] = true;
+        }
+        for (int32_t g = 0; g < c->n_group; g++) {
+            if (!keep[g]) {
+                for (int32_t i = 0; i < per; i++) {
+                    biased[g * per + i] = -INFINITY;
+                }
+            }
+        }
+    }
+    for (int32_t k = 0; k < K; k++) {
+        int32_t best = -1;
+        for (int32_t e = 0; e < E; e++) {
+            if (biased[e] > -INFINITY && (best < 0 || biased[e] > biased[best])) {
+                best = e;
+            }
+        }
+        if (best < 0) { /* fewer selectable experts than K: cannot happen with a valid config */
+            best = 0;
+        }
+        ids[k] = best;
+        w[k] = scores[best];
+        sum += w[k];
+        biased[best] = -INFINITY;
+    }
+    if (c->norm_topk_prob && K > 1) {
+        for (int32_t k = 0; k < K; k++) {
+            w[k] = (float)(w[k] / (sum + 1e-20));
+        }
+    }
+    if (!v2 || !(c->norm_topk_prob && K > 1)) {
+        for (int32_t k = 0; k < K; k++) {
+            w[k] *= c->routed_scaling_factor;
+        }
+    }
+}
+
+static void eng_moe(eng_ctx *ctx, const eng_layer *L, int32_t T)
+{
+    const eng_config *c = &ctx->model->cfg;
+    eng_scratch *s = &ctx->s;
+    int32_t E = c->n_routed_experts, K = c->num_experts_per_tok;
+    int64_t H = c->hidden_size;
+
+    ctx->be->matmul(ctx->threads, &L->router.m, s->h, T, s->scores);
+    for (int32_t t = 0; t < T; t++) {
+        eng_route(c, L->router_bias, s->scores + (int64_t)t * E, s->biased, s->topk + t * K,
+                  s->topw + t * K);
+    }
+    /* group (token, slot) pairs by expert: counting sort */
+    memset(s->count, 0, sizeof(int32_t) * (size_t)(E + 1));
+    for (int32_t i = 0; i < T * K; i++) {
+        s->count[s->topk[i] + 1]++;
+    }
+    for (int32_t e = 0; e < E; e++) {
+        s->count[e + 1] += s->count[e];
+    }
+    for (int32_t i = 0; i < T * K; i++) {
+        int32_t e = s->topk[i];
+        int32_t at = s->count[e]++;
+        s->route[at] = i / K;
+        s->route_k[at] = i;
+    }
+    /* count[e] now holds the end of expert e's run; its start is count[e-1] */
+    memset(s->moe, 0, sizeof(float) * (size_t)(T * H));
+    for (int32_t e = 0; e < E; e++) {
+        int32_t begin = e > 0 ? s->count[e - 1] : 0, n = s->count[e] - begin;
+        if (n == 0) {
+            continue;
+        }
+        for (int32_t i = 0; i < n; i++) {
+            memcpy(s->f_in + i * H, s->h + (int64_t)s->route[begin + i] * H, sizeof(float) * H);
+        }
+        eng_mlp_run(ctx, &L->experts[e], s->f_in, n, s->f_out);
+        for (int32_t i = 0; i < n; i++) {
+            float w = s->topw[s->route_k[begin + i]];
+            float *dst = s->moe + (int64_t)s->route[begin + i] * H;
+            const float *src = s->f_out + i * H;
+            for (int64_t j = 0; j < H; j++) {
+                dst[j] += w * src[j];
+            }
+        }
+    }
+    if (c->n_shared_experts > 0) {
+        eng_mlp_run(ctx, &L->shared, s->h, T, s->f_out);
+        for (int64_t i = 0; i < (int64_t)T * H; i++) {
+            s->moe[i] += s->f_out[i];
+        }
+    }
+    for (int64_t i = 0; i < (int64_t)T * H; i++) {
+        s->x[i] += s->moe[i];
+    }
+}
+
+/* ---- whole model --------------------------------------------------------------- */
+
+/*
+ * Run T tokens (ids, with s.pos / s.tok_seq / s.mseq filled by the caller)
+ * through every layer; logits for the n_out rows listed in s.out_row go to
+ * logits_out [n_out, vocab].
+ */
+static mls_status eng_forward(eng_ctx *ctx, const int32_t *ids, int32_t T, eng_seq *const *seqs,
+                              int32_t n_seqs, int32_t n_out, float *logits_out,
+                              eng_layer_done_fn layer_done, void *layer_done_arg)
+{
+    const eng_model *m = ctx->model;
+    const eng_config *c = &m->cfg;
+    const eng_backend_ops *be = ctx->be;
+    eng_scratch *s = &ctx->s;
+    int64_t H = c->hidden_size;
+    mls_status st;
+
+    for (int32_t t = 0; t < T; t++) {
+        const uint16_t *e = m->embed + (int64_t)ids[t] * H;
+        for (int64_t j = 0; j < H; j++) {
+            s->x[t * H + j] = mls_bf16_to_f32(e[j]);
+        }
+    }
+    for (int32_t l = 0; l < c->num_hidden_layers; l++) {
+        const eng_layer *L = &m->layers[l];
+
+        be->rmsnorm(s->x, L->attn_norm, T, H, c->rms_norm_eps, s->h);
+        st = eng_attention(ctx, L, l, T, seqs, n_seqs);
+        if (st != MLS_OK) {
+            return st;
+        }
+        if (layer_done != NULL) {
+            layer_done(layer_done_arg, l, s->pos[0], s->pos[T - 1] + 1);
+        }
+        be->rmsnorm(s->x, L->ffn_norm, T, H, c->rms_norm_eps, s->h);
+        if (L->is_moe) {
+            eng_moe(ctx, L, T);
+        } else {
+            eng_mlp_run(ctx, &L->mlp, s->h, T, s->f_out);
+            for (int64_t i = 0; i < (int64_t)T * H; i++) {
+                s->x[i] += s->f_out[i];
+            }
+        }
+    }
+    if (n_out > 0 && logits_out != NULL) {
+        for (int32_t i = 0; i < n_out; i++) {
+            be->rmsnorm(s->x + (int64_t)s->out_row[i] * H, m->final_norm, 1, H, c->rms_norm_eps,
+                        s->h + (int64_t)i * H);
+        }
+        be->matmul(ctx->threads, &m->lm_head.m, s->h, n_out, logits_out);
+    }
+    return MLS_OK;
+}
+
+static mls_status eng_check_ids(const eng_config *c, const int32_t *ids, int32_t n)
+{
+    for (int32_t i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= c->vocab_size) {
+            mls_error("engine: token id %d at index %d is outside the vocabulary [0, %d)", ids[i],
+                      i, c->vocab_size);
+            return MLS_ERR_INVALID_ARG;
+        }
+    }
+    return MLS_OK;
+}
+
+static bool eng_seq_has_room(const eng_seq *seq, int32_t n_tokens)
+{
+    return (int64_t)seq->n_pages * KVL_PAGE_TOKENS >= (int64_t)n_tokens;
+}
+
+mls_status eng_prefill(eng_ctx *ctx, eng_seq *seq, const int32_t *ids, int32_t n,
+                       bool all_logits, float *logits_out, eng_layer_done_fn layer_done,
+                       void *layer_done_arg)
+{
+    const eng_config *c = &ctx->model->cfg;
+    eng_seq *seqs[1] = {seq};
+    mls_status st;
+
+    if (n <= 0 || !eng_seq_has_room(seq, seq->n_tokens + n)) {
+        mls_error("engine: prefill of %d tokens at %d does not fit the sequence's %u pages", n,
+                  seq->n_tokens, seq->n_pages);
+        return MLS_ERR_INVALID_ARG;
+    }
+    if ((st = eng_check_ids(c, ids, n)) != MLS_OK) {
+        return st;
+    }
+    for (int32_t off = 0; off < n; off += ctx->chunk) {
+        int32_t T = n - off < ctx->chunk ? n - off : ctx->chunk;
+        bool last = off + T == n;
+        int32_t n_out = 0;
+        float *out = NULL;
+
+        if ((st = eng_ctx_reserve(ctx, T)) != MLS_OK) {
+            return st;
+        }
+        for (int32_t t = 0; t < T; t++) {
+            ctx->s.pos[t] = seq->n_tokens + t;
+            ctx->s.tok_seq[t] = 0;
+        }
+        ctx->s.mseq[0].kv_len = seq->n_tokens + T;
+        ctx->s.mseq[0].n_q = T;
+        ctx->s.mseq[0].q_index = 0;
+        if (logits_out != NULL && all_logits) {
+            for (int32_t t = 0; t < T; t++) {
+                ctx->s.out_row[t] = t;
+            }
+            n_out = T;
+            out = logits_out + (int64_t)off * c->vocab_size;
+        } else if (logits_out != NULL && last) {
+            ctx->s.out_row[0] = T - 1;
+            n_out = 1;
+            out = logits_out;
+        }
+        st = eng_forward(ctx, ids + off, T, seqs, 1, n_out, out, layer_done, layer_done_arg);
+        if (st != MLS_OK) {
+            return st;
+        }
+        seq->n_tokens += T;
+    }
+    return MLS_OK;
+}
+
+mls_status eng_decode_step(eng_ctx *ctx, eng_seq *const *seqs, const int32_t *ids,
+                           int32_t n_seqs, float *logits_out)
+{
+    const eng_config *c = &ctx->model->cfg;
+    mls_status st;
+
+    if (n_seqs <= 0) {
+        return MLS_ERR_INVALID_ARG;
+    }
+    if ((st = eng_check_ids(c, ids, n_seqs)) != MLS_OK) {
+        return st;
+    }
+    for (int32_t i = 0; i < n_seqs; i++) {
+        if (!eng_seq_has_room(seqs[i], seqs[i]->n_tokens + 1)) {
+            mls_error("engine: sequence %d (%d tokens) has no page for its next token", i,
+                      seqs[i]->n_tokens);
+            return MLS_ERR_INVALID_ARG;
+        }
+    }
+    if ((st = eng_ctx_reserve(ctx, n_seqs)) != MLS_OK) {
+        return st;
+    }
+    for (int32_t i = 0; i < n_seqs; i++) {
+        ctx->s.pos[i] = seqs[i]->n_tokens;
+        ctx->s.tok_seq[i] = i;
+        ctx->s.out_row[i] = i;
+        ctx->s.mseq[i].kv_len = seqs[i]->n_tokens + 1;
+        ctx->s.mseq[i].n_q = 1;
+        ctx->s.mseq[i].q_index = i;
+    }
+    st = eng_forward(ctx, ids, n_seqs, seqs, n_seqs, n_seqs, logits_out, NULL, NULL);
+    if (st != MLS_OK) {
+        return st;
+    }
+    for (int32_t i = 0; i < n_seqs; i++) {
+        seqs[i]->n_tokens++;
+    }
+    return MLS_OK;
+}
