@@ -30,3 +30,12 @@ test-tsan: deps
 
 clean:
 	rm -rf build build-asan build-tsan
+
+# Generate a DeepSeek-V2-Lite-shaped model (2 layers, random weights) and run it.
+DEMO_MODEL ?= models/v2lite-2l
+.PHONY: demo
+demo: build
+	@test -f $(DEMO_MODEL)/config.json || build/bin/mlaserve genmodel --preset deepseek-v2-lite \
+	  --layers 2 --out $(DEMO_MODEL)
+	build/bin/mlaserve generate --model $(DEMO_MODEL) --prompt-ids 100,200,300,400,500,600,700,800 \
+	  --max-tokens 32 --kv-dtype bf16
