@@ -5,6 +5,7 @@
 #define ENG_CONFIG_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "mls_status.h"

@@ -84,5 +84,7 @@ mls_status st_writer_declare(st_writer *w, const char *name, st_dtype dtype, int
 mls_status st_writer_write(st_writer *w, const void *data, size_t nbytes, mls_err *err);
 /* Checks every declared byte was written, closes the file, frees w (also on error). */
 mls_status st_writer_finish(st_writer *w, mls_err *err);
+/* Give up: closes and deletes the partial file, frees w (accepts NULL). */
+void st_writer_abort(st_writer *w);
 
 #endif
