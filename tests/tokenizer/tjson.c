@@ -1,0 +1,340 @@
+/* tjson.c - the minimal length-keeping JSON reader of the tokenizer tests. */
+#include "tjson.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const char *s;
+    size_t n, i;
+    int depth;
+} tj_in;
+
+static void tj_ws(tj_in *in)
+{
+    while (in->i < in->n && strchr(" \t\r\n", in->s[in->i]) != NULL && in->s[in->i] != '\0') {
+        in->i++;
+    }
+}
+
+static bool tj_push(char **buf, size_t *len, size_t *cap, const char *p, size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        size_t c = *cap ? *cap * 2 : 32;
+        while (c < *len + n + 1) {
+            c *= 2;
+        }
+        char *nb = realloc(*buf, c);
+        if (nb == NULL) {
+            return false;
+        }
+        *buf = nb;
+        *cap = c;
+    }
+    memcpy(*buf + *len, p, n);
+    *len += n;
+    (*buf)[*len] = '\0';
+    return true;
+}
+
+static int tj_hex4(const char *p)
+{
+    int v = 0;
+    for (int k = 0; k < 4; k++) {
+        char c = p[k];
+        v <<= 4;
+        if (c >= '0' && c <= '9') {
+            v |= c - '0';
+        } else if (c >= 'a' && c <= 'f') {
+            v |= c - 'a' + 10;
+        } else if (c >= 'A' && c <= 'F') {
+            v |= c - 'A' + 10;
+        } else {
+            return -1;
+        }
+    }
+    return v;
+}
+
+static bool tj_string(tj_in *in, char **out_p, size_t *len_p)
+{
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    if (in->i >= in->n || in->s[in->i] != '"') {
+        return false;
+    }
+    in->i++;
+    tj_push(&buf, &len, &cap, "", 0);
+    while (in->i < in->n && in->s[in->i] != '"') {
+        char c = in->s[in->i++];
+        if (c != '\\') {
+            if (!tj_push(&buf, &len, &cap, &c, 1)) {
+                goto fail;
+            }
+            continue;
+        }
+        if (in->i >= in->n) {
+            goto fail;
+        }
+        char e = in->s[in->i++], o;
+        switch (e) {
+        case '"':
+            o = '"';
+            break;
+        case '\\':
+            o = '\\';
+            break;
+        case '/':
+            o = '/';
+            break;
+        case 'b':
+            o = '\b';
+            break;
+        case 'f':
+            o = '\f';
+            break;
+        case 'n':
+            o = '\n';
+            break;
+        case 'r':
+            o = '\r';
+            break;
+        case 't':
+            o = '\t';
+            break;
+        case 'u': {
+            if (in->i + 4 > in->n) {
+                goto fail;
+            }
+            long cp = tj_hex4(in->s + in->i);
+            in->i += 4;
+            if (cp < 0) {
+                goto fail;
+            }
+            if (cp >= 0xD800 && cp <= 0xDBFF && in->i + 6 <= in->n && in->s[in->i] == '\\' &&
+                in->s[in->i + 1] == 'u') {
+                long lo = tj_hex4(in->s + in->i + 2);
+                if (lo >= 0xDC00 && lo <= 0xDFFF) {
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                    in->i += 6;
+                }
+            }
+            char u[4];
+            size_t un;
+            if (cp < 0x80) {
+                u[0] = (char)cp;
+                un = 1;
+            } else if (cp < 0x800) {
+                u[0] = (char)(0xC0 | (cp >> 6));
+                u[1] = (char)(0x80 | (cp & 0x3F));
+                un = 2;
+            } else if (cp < 0x10000) {
+                u[0] = (char)(0xE0 | (cp >> 12));
+                u[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+                u[2] = (char)(0x80 | (cp & 0x3F));
+                un = 3;
+            } else {
+                u[0] = (char)(0xF0 | (cp >> 18));
+                u[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+                u[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+                u[3] = (char)(0x80 | (cp & 0x3F));
+                un = 4;
+            }
+            if (!tj_push(&buf, &len, &cap, u, un)) {
+                goto fail;
+            }
+            continue;
+        }
+        default:
+            goto fail;
+        }
+        if (!tj_push(&buf, &len, &cap, &o, 1)) {
+            goto fail;
+        }
+    }
+    if (in->i >= in->n) {
+        goto fail;
+    }
+    in->i++;
+    *out_p = buf;
+    *len_p = len;
+    return true;
+fail:
+    free(buf);
+    return false;
+}
+
+static tj_val *tj_value(tj_in *in);
+
+static bool tj_add(tj_val *v, tj_val *item, char *key)
+{
+    tj_val **ni = realloc(v->items, (v->n + 1) * sizeof(*ni));
+    if (ni == NULL) {
+        return false;
+    }
+    v->items = ni;
+    if (v->type == TJ_OBJ) {
+        char **nk = realloc(v->keys, (v->n + 1) * sizeof(*nk));
+        if (nk == NULL) {
+            return false;
+        }
+        v->keys = nk;
+        v->keys[v->n] = key;
+    }
+    v->items[v->n++] = item;
+    return true;
+}
+
+static tj_val *tj_container(tj_in *in, tj_type type)
+{
+    tj_val *v = calloc(1, sizeof(*v));
+    char close = type == TJ_ARR ? ']' : '}';
+    if (v == NULL || ++in->depth > 64) {
+        free(v);
+        return NULL;
+    }
+    v->type = type;
+    in->i++;
+    tj_ws(in);
+    if (in->i < in->n && in->s[in->i] == close) {
+        in->i++;
+        in->depth--;
+        return v;
+    }
+    for (;;) {
+        char *key = NULL;
+        size_t klen;
+        tj_ws(in);
+        if (type == TJ_OBJ) {
+            if (!tj_string(in, &key, &klen)) {
+                goto fail;
+            }
+            tj_ws(in);
+            if (in->i >= in->n || in->s[in->i] != ':') {
+                free(key);
+                goto fail;
+            }
+            in->i++;
+        }
+        tj_val *item = tj_value(in);
+        if (item == NULL || !tj_add(v, item, key)) {
+            free(key);
+            tj_free(item);
+            goto fail;
+        }
+        tj_ws(in);
+        if (in->i < in->n && in->s[in->i] == ',') {
+            in->i++;
+            continue;
+        }
+        if (in->i < in->n && in->s[in->i] == close) {
+            in->i++;
+            in->depth--;
+            return v;
+        }
+        goto fail;
+    }
+fail:
+    tj_free(v);
+    return NULL;
+}
+
+static tj_val *tj_value(tj_in *in)
+{
+    tj_val *v;
+    tj_ws(in);
+    if (in->i >= in->n) {
+        return NULL;
+    }
+    char c = in->s[in->i];
+    if (c == '{') {
+        return tj_container(in, TJ_OBJ);
+    }
+    if (c == '[') {
+        return tj_container(in, TJ_ARR);
+    }
+    if ((v = calloc(1, sizeof(*v))) == NULL) {
+        return NULL;
+    }
+    if (c == '"') {
+        v->type = TJ_STR;
+        if (!tj_string(in, &v->str, &v->len)) {
+            free(v);
+            return NULL;
+        }
+        return v;
+    }
+    static const struct {
+        const char *w;
+        tj_type t;
+        bool b;
+    } words[] = {{"null", TJ_NULL, false}, {"true", TJ_BOOL, true}, {"false", TJ_BOOL, false}};
+    for (int k = 0; k < 3; k++) {
+        size_t wl = strlen(words[k].w);
+        if (in->n - in->i >= wl && memcmp(in->s + in->i, words[k].w, wl) == 0) {
+            in->i += wl;
+            v->type = words[k].t;
+            v->b = words[k].b;
+            return v;
+        }
+    }
+    char tmp[64];
+    size_t k = 0;
+    while (in->i + k < in->n && k < sizeof(tmp) - 1 &&
+           strchr("+-0123456789.eE", in->s[in->i + k]) && in->s[in->i + k] != '\0') {
+        tmp[k] = in->s[in->i + k];
+        k++;
+    }
+    tmp[k] = '\0';
+    char *end;
+    v->num = strtod(tmp, &end);
+    if (k == 0 || *end != '\0') {
+        free(v);
+        return NULL;
+    }
+    v->type = TJ_NUM;
+    in->i += k;
+    return v;
+}
+
+tj_val *tj_parse(const char *s, size_t n)
+{
+    tj_in in = {.s = s, .n = n};
+    tj_val *v = tj_value(&in);
+    tj_ws(&in);
+    if (v != NULL && in.i != n) {
+        tj_free(v);
+        return NULL;
+    }
+    return v;
+}
+
+void tj_free(tj_val *v)
+{
+    if (v == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < v->n; i++) {
+        tj_free(v->items[i]);
+        if (v->keys) {
+            free(v->keys[i]);
+        }
+    }
+    free(v->items);
+    free(v->keys);
+    free(v->str);
+    free(v);
+}
+
+const tj_val *tj_get(const tj_val *obj, const char *key)
+{
+    if (obj == NULL || obj->type != TJ_OBJ) {
+        return NULL;
+    }
+    for (size_t i = 0; i < obj->n; i++) {
+        if (strcmp(obj->keys[i], key) == 0) {
+            return obj->items[i];
+        }
+    }
+    return NULL;
+}
