@@ -33,7 +33,7 @@ typedef struct {
 
 static int fixture_open(const char *name, fixture *f)
 {
-    char rel[256], buf[512], dir[512];
+    char rel[256], buf[1024], dir[1024];
     mls_err err = {{0}};
     mls_status st;
 
@@ -43,13 +43,15 @@ static int fixture_open(const char *name, fixture *f)
     if (mls_test_shared_path(rel, buf, sizeof(buf)) == NULL) {
         return 0;
     }
-    snprintf(dir, sizeof(dir), "%s", buf);
+    memcpy(dir, buf, sizeof(dir));
     st = eng_model_load(dir, NULL, &f->model, &err);
     if (st != MLS_OK) {
         fprintf(stderr, "  load %s: %s\n", dir, err.msg);
         return -1;
     }
-    snprintf(buf, sizeof(buf), "%s/golden.safetensors", dir);
+    if (snprintf(buf, sizeof(buf), "%.1000s/golden.safetensors", dir) >= (int)sizeof(buf)) {
+        return -1;
+    }
     st = st_open_file(buf, &f->golden, &err);
     if (st != MLS_OK) {
         fprintf(stderr, "  golden %s: %s\n", buf, err.msg);

@@ -1,0 +1,66 @@
+/*
+ * node.h - the mlaserve node daemon: prefill, decode or colocated role.
+ *
+ * One process = one engine (model + KV pool + compute thread) + one libuv
+ * control loop that owns every socket: the protobuf connection to the router,
+ * the UCX KV transport (transport/kvx.h) and the HTTP /metrics + /health
+ * endpoint. The loop never runs model math; the compute thread never touches
+ * a socket: they exchange work through two queues (mutex + condvar one way,
+ * mutex + uv_async the other).
+ *
+ * Roles and the request flow they implement (router's view in router/):
+ *   decode     Reserve -> pages from the pool + a transport reservation ->
+ *              Reserved(page ids, transport address). StartDecode (sampling,
+ *              first token) + the KV verified by the transport -> the sequence
+ *              joins the continuous batch -> TokenChunk per step -> Finish.
+ *   prefill    PrefillRequest -> chunked prefill into a local pool while each
+ *              layer's rows are shipped to the decode node's pages -> first
+ *              token sampled -> FirstToken -> transport completion (checksums)
+ *              -> local pages freed; a transfer failure -> Error.
+ *   colocated  PrefillRequest without a decode node: prefill into the node's
+ *              own pool, FirstToken, then decode locally as above.
+ * Cancel frees a request's pages and slots at once, in any state. Sampling is
+ * seeded per completion index, so a request re-prefilled elsewhere after a
+ * failure draws the same tokens.
+ */
+#ifndef MLS_NODE_H
+#define MLS_NODE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "mls_kv_layout.h"
+#include "mls_status.h"
+
+typedef enum {
+    MLS_NODE_ROLE_PREFILL,
+    MLS_NODE_ROLE_DECODE,
+    MLS_NODE_ROLE_COLOCATED,
+} mls_node_role;
+
+typedef struct {
+    mls_node_role role;
+    const char *model_dir;
+    const char *model_name;       /* served name; NULL = basename of model_dir */
+    const char *router_host;      /* numeric address of the router's node port */
+    int router_port;
+    const char *node_id;          /* NULL = role-host-pid */
+    const char *listen_host;      /* transport + metrics address (numeric) */
+    int metrics_port;             /* 0 = pick one */
+    kvl_dtype kv_dtype;
+    uint32_t kv_pages;            /* pages per layer in the pool */
+    int threads;                  /* compute threads (0 = all cores) */
+    uint32_t max_batch;           /* sequences decoded together at most */
+    int32_t prefill_chunk;        /* tokens per prefill chunk */
+    const char *kvx_path;         /* "auto" | "rma" | "am" */
+} mls_node_config;
+
+void mls_node_config_default(mls_node_config *cfg);
+
+/* Run the node until SIGINT/SIGTERM. Returns the process exit status. */
+int mls_node_main(const mls_node_config *cfg);
+
+/* The CLI shared by mlaserve-prefill / mlaserve-decode. */
+int mls_node_cli(int argc, char **argv, mls_node_role default_role);
+
+#endif
