@@ -1,10 +1,491 @@
-/* placeholder until this command lands; replaced by its real implementation. */
+/*
+ * bench_kernels.c - `mlaserve bench kernels`: CPU kernel throughput against
+ * this machine's own roofline, measured in the same run.
+ *
+ *   memory read bandwidth (streaming read, all threads) and peak f32 FMA
+ *   FLOP/s: the two roofs; their ratio is the machine balance (FLOP/byte).
+ *   MLA decode attention over paged bf16 / fp8 latent KV, 1, 4, 16 and 128 heads,
+ *   contexts 4k..128k, batch 1..32: achieved bandwidth (KV + query bytes per
+ *   second) as a fraction of the measured bandwidth, GFLOP/s, arithmetic
+ *   intensity, and whether the case is memory- or compute-bound here
+ *   (intensity below or above the machine balance).
+ *   GEMV (decode projections, weights larger than LLC): bandwidth fraction.
+ *   GEMM (prefill, 512 tokens): GFLOP/s and fraction of the FMA peak.
+ *
+ * Every figure is min / median / max over --reps runs. --json prints one
+ * JSON object with the same content.
+ */
+#include <getopt.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
+#include "kc.h"
 #include "mls_cli.h"
+#include "mls_kv_layout.h"
+#include "mls_num.h"
+
+#define BK_MAX_REPS 64
+
+typedef struct {
+    double min, med, max;
+} bk_stat;
+
+typedef struct {
+    int json;
+    int quick;
+    int threads;
+    int reps;
+} bk_opts;
+
+typedef struct {
+    kc_pool *pool;
+    bk_opts o;
+    double bw;     /* median measured read bandwidth, bytes/s */
+    double peak;   /* median measured FMA peak, FLOP/s */
+    FILE *out;
+    int first_item;
+} bk_ctx;
+
+static int bk_cmp(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static bk_stat bk_stats(double *v, int n)
+{
+    bk_stat s;
+    qsort(v, (size_t)n, sizeof(double), bk_cmp);
+    s.min = v[0];
+    s.max = v[n - 1];
+    s.med = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+    return s;
+}
+
+static bk_stat bk_scale(bk_stat s, double k)
+{
+    bk_stat r = {s.min * k, s.med * k, s.max * k};
+    return r;
+}
+
+static uint64_t bk_rng = 0x2545f4914f6cdd1dull;
+
+static float bk_rand(void)
+{
+    bk_rng ^= bk_rng << 13;
+    bk_rng ^= bk_rng >> 7;
+    bk_rng ^= bk_rng << 17;
+    return (float)((double)(bk_rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+static void bk_json_stat(FILE *f, const char *name, bk_stat s, int last)
+{
+    fprintf(f, "\"%s\": {\"min\": %.6g, \"median\": %.6g, \"max\": %.6g}%s", name, s.min, s.med,
+            s.max, last ? "" : ", ");
+}
+
+static void bk_json_item_begin(bk_ctx *c)
+{
+    fprintf(c->out, "%s\n    {", c->first_item ? "" : ",");
+    c->first_item = 0;
+}
+
+/* ---- MLA decode ------------------------------------------------------------------ */
+
+typedef struct {
+    kvl_dtype dtype;
+    int heads;
+    int context;
+    int batch;
+} bk_mla_case;
+
+static int bk_mla_run(bk_ctx *c, const bk_mla_case *mc)
+{
+    const int R = 512, D = 64;
+    kvl_layout l;
+    kc_mla_params p;
+    kc_mla_seq *seqs = NULL;
+    uint32_t *tables = NULL;
+    uint8_t *kv = NULL;
+    float *ql = NULL, *qr = NULL, *out = NULL, *lat = NULL, *rope = NULL;
+    void *ws = NULL;
+    int64_t pages_per_seq = (mc->context + 63) / 64, n_pages = pages_per_seq * mc->batch;
+    int64_t nq = (int64_t)mc->batch * mc->heads;
+    double t[BK_MAX_REPS], kv_bytes, q_bytes, flops, intensity;
+    int rc = 1, iters;
+
+    if (kvl_layout_init(mc->dtype, R, D, 0, &l) != MLS_OK) {
+        return 1;
+    }
+    seqs = calloc((size_t)mc->batch, sizeof(*seqs));
+    tables = malloc((size_t)n_pages * 4);
+    kv = malloc((size_t)n_pages * l.page_bytes);
+    ql = malloc((size_t)(nq * R) * 4);
+    qr = malloc((size_t)(nq * D) * 4);
+    out = malloc((size_t)(nq * R) * 4);
+    lat = malloc((size_t)R * 4);
+    rope = malloc((size_t)D * 4);
+    if (!seqs || !tables || !kv || !ql || !qr || !out || !lat || !rope) {
+        fprintf(stderr, "bench kernels: out of memory for the MLA case\n");
+        goto out_free;
+    }
+    /* one page of real rows, replicated; page order shuffled across sequences */
+    for (int t0 = 0; t0 < 64; t0++) {
+        for (int i = 0; i < R; i++) {
+            lat[i] = bk_rand();
+        }
+        for (int i = 0; i < D; i++) {
+            rope[i] = bk_rand();
+        }
+        kvl_row_store(&l, kv + (uint64_t)t0 * l.row_bytes, lat, rope);
+    }
+    for (int64_t pg = 1; pg < n_pages; pg++) {
+        memcpy(kv + pg * l.page_bytes, kv, l.page_bytes);
+    }
+    for (int64_t i = 0; i < n_pages; i++) {
+        tables[i] = (uint32_t)i;
+    }
+    for (int64_t i = n_pages - 1; i > 0; i--) {
+        int64_t j = (int64_t)((bk_rand() * 0.5 + 0.5) * (double)i);
+        uint32_t tmp = tables[i];
+        tables[i] = tables[j];
+        tables[j] = tmp;
+    }
+    for (int s = 0; s < mc->batch; s++) {
+        seqs[s].page_table = tables + (int64_t)s * pages_per_seq;
+        seqs[s].kv_len = mc->context;
+        seqs[s].n_q = 1;
+        seqs[s].q_index = s;
+    }
+    for (int64_t i = 0; i < nq * R; i++) {
+        ql[i] = bk_rand();
+    }
+    for (int64_t i = 0; i < nq * D; i++) {
+        qr[i] = bk_rand();
+    }
+    p.layout = &l;
+    p.kv_base = kv;
+    p.n_heads = mc->heads;
+    p.softmax_scale = 1.0f / sqrtf(192.0f);
+    p.q_latent = ql;
+    p.q_rope = qr;
+    p.out = out;
+    p.seqs = seqs;
+    p.n_seqs = mc->batch;
+    ws = malloc(kc_mla_workspace_size(c->pool, &p));
+    if (ws == NULL) {
+        goto out_free;
+    }
+    kv_bytes = (double)mc->batch * mc->context * l.row_bytes;
+    q_bytes = (double)nq * (R + D) * 4;
+    flops = (double)nq * mc->context * (2.0 * (R + D) + 2.0 * R);
+    intensity = flops / (kv_bytes + q_bytes);
+    /* iterations per rep: about 40 ms of work at the roofline */
+    {
+        double est = fmax((kv_bytes + q_bytes) / c->bw, flops / c->peak);
+        iters = (int)ceil((c->o.quick ? 0.01 : 0.04) / est);
+        iters = iters < 1 ? 1 : (iters > 1000 ? 1000 : iters);
+    }
+    kc_mla_attention(c->pool, &p, ws); /* warm */
+    for (int r = 0; r < c->o.reps; r++) {
+        double t0 = mls_now_s();
+        for (int i = 0; i < iters; i++) {
+            kc_mla_attention(c->pool, &p, ws);
+        }
+        t[r] = (mls_now_s() - t0) / iters;
+    }
+    {
+        bk_stat ts = bk_stats(t, c->o.reps);
+        /* rates: fastest time gives the max rate */
+        bk_stat bw = {(kv_bytes + q_bytes) / ts.max, (kv_bytes + q_bytes) / ts.med,
+                      (kv_bytes + q_bytes) / ts.min};
+        bk_stat gf = {flops / ts.max / 1e9, flops / ts.med / 1e9, flops / ts.min / 1e9};
+        bk_stat ratio = bk_scale(bw, 1.0 / c->bw);
+        bk_stat peak_ratio = bk_scale(gf, 1e9 / c->peak);
+        const char *bound = intensity > c->peak / c->bw ? "compute" : "memory";
+        if (c->o.json) {
+            bk_json_item_begin(c);
+            fprintf(c->out, "\"kv_dtype\": \"%s\", \"heads\": %d, \"context\": %d, \"batch\": %d, "
+                    "\"bytes\": %.6g, \"flops\": %.6g, \"intensity_flop_per_byte\": %.6g, "
+                    "\"bound\": \"%s\", ", kvl_dtype_name(mc->dtype), mc->heads, mc->context,
+                    mc->batch, kv_bytes + q_bytes, flops, intensity, bound);
+            bk_json_stat(c->out, "time_ms", bk_scale(ts, 1e3), 0);
+            bk_json_stat(c->out, "bandwidth_gbs", bk_scale(bw, 1e-9), 0);
+            bk_json_stat(c->out, "bandwidth_ratio", ratio, 0);
+            bk_json_stat(c->out, "gflops", gf, 0);
+            bk_json_stat(c->out, "peak_flops_ratio", peak_ratio, 1);
+            fprintf(c->out, "}");
+        } else {
+            printf("  %-4s %4d %7d %5d %9.3f  %5.1f %5.1f %5.1f  %4.2f %4.2f %4.2f  "
+                   "%6.1f %6.1f %6.1f  %4.2f %7.1f  %s\n",
+                   kvl_dtype_name(mc->dtype), mc->heads, mc->context, mc->batch, ts.med * 1e3,
+                   bw.min / 1e9, bw.med / 1e9, bw.max / 1e9, ratio.min, ratio.med, ratio.max,
+                   gf.min, gf.med, gf.max, peak_ratio.med, intensity, bound);
+        }
+    }
+    rc = 0;
+out_free:
+    free(ws);
+    free(seqs);
+    free(tables);
+    free(kv);
+    free(ql);
+    free(qr);
+    free(out);
+    free(lat);
+    free(rope);
+    return rc;
+}
+
+/* ---- GEMV / GEMM ----------------------------------------------------------------- */
+
+static int bk_matmul_run(bk_ctx *c, kc_dtype dt, int64_t rows, int64_t cols, int64_t n, int gemm)
+{
+    int64_t elems = rows * cols, srows = (rows + 127) / 128, scols = (cols + 127) / 128;
+    size_t wbytes = (size_t)elems * (dt == KC_DTYPE_FP8_E4M3 ? 1 : 2);
+    uint8_t *data = malloc(wbytes);
+    float *scales = malloc((size_t)(srows * scols) * 4);
+    float *x = malloc((size_t)(n * cols) * 4), *y = malloc((size_t)(n * rows) * 4);
+    double t[BK_MAX_REPS], bytes, flops, est;
+    kc_matrix w;
+    int iters, rc = 1;
+    const char *dname = dt == KC_DTYPE_FP8_E4M3 ? "fp8" : "bf16";
+
+    if (!data || !scales || !x || !y) {
+        fprintf(stderr, "bench kernels: out of memory for the matmul case\n");
+        goto out_free;
+    }
+    for (size_t i = 0; i < wbytes; i += 2) {
+        if (dt == KC_DTYPE_FP8_E4M3) {
+            data[i] = mls_f32_to_fp8_e4m3(bk_rand() * 400.0f);
+            data[i + 1] = (uint8_t)(data[i] ^ 0x81);
+        } else {
+            uint16_t h = mls_f32_to_bf16(bk_rand());
+            memcpy(data + i, &h, 2);
+        }
+    }
+    for (int64_t i = 0; i < srows * scols; i++) {
+        scales[i] = 1e-3f * (1.5f + bk_rand());
+    }
+    for (int64_t i = 0; i < n * cols; i++) {
+        x[i] = bk_rand();
+    }
+    w.dtype = dt;
+    w.rows = rows;
+    w.cols = cols;
+    w.row0 = 0;
+    w.data = data;
+    w.scale_inv = dt == KC_DTYPE_FP8_E4M3 ? scales : NULL;
+    bytes = (double)wbytes + (dt == KC_DTYPE_FP8_E4M3 ? srows * scols * 4.0 : 0.0) +
+            (double)n * cols * 4 + (double)n * rows * 4;
+    flops = 2.0 * (double)n * rows * cols;
+    est = fmax(bytes / c->bw, flops / c->peak);
+    iters = (int)ceil((c->o.quick ? 0.01 : 0.05) / est);
+    iters = iters < 1 ? 1 : (iters > 10000 ? 10000 : iters);
+    kc_matmul(c->pool, &w, x, n, y); /* warm */
+    for (int r = 0; r < c->o.reps; r++) {
+        double t0 = mls_now_s();
+        for (int i = 0; i < iters; i++) {
+            kc_matmul(c->pool, &w, x, n, y);
+        }
+        t[r] = (mls_now_s() - t0) / iters;
+    }
+    {
+        bk_stat ts = bk_stats(t, c->o.reps);
+        bk_stat bw = {bytes / ts.max, bytes / ts.med, bytes / ts.min};
+        bk_stat gf = {flops / ts.max / 1e9, flops / ts.med / 1e9, flops / ts.min / 1e9};
+        bk_stat ratio = gemm ? bk_scale(gf, 1e9 / c->peak) : bk_scale(bw, 1.0 / c->bw);
+        if (c->o.json) {
+            bk_json_item_begin(c);
+            fprintf(c->out, "\"dtype\": \"%s\", \"n\": %lld, \"rows\": %lld, \"cols\": %lld, "
+                    "\"bytes\": %.6g, \"flops\": %.6g, ", dname, (long long)n, (long long)rows,
+                    (long long)cols, bytes, flops);
+            bk_json_stat(c->out, "time_ms", bk_scale(ts, 1e3), 0);
+            bk_json_stat(c->out, "bandwidth_gbs", bk_scale(bw, 1e-9), 0);
+            bk_json_stat(c->out, "gflops", gf, 0);
+            bk_json_stat(c->out, gemm ? "peak_flops_ratio" : "bandwidth_ratio", ratio, 1);
+            fprintf(c->out, "}");
+        } else if (gemm) {
+            printf("  %-4s %4lld x %5lld -> %5lld %9.3f  %6.1f %6.1f %6.1f  %4.2f %4.2f %4.2f\n",
+                   dname, (long long)n, (long long)cols, (long long)rows, ts.med * 1e3, gf.min,
+                   gf.med, gf.max, ratio.min, ratio.med, ratio.max);
+        } else {
+            printf("  %-4s %5lld x %5lld %7.1f MB %8.3f  %5.1f %5.1f %5.1f  %4.2f %4.2f %4.2f\n",
+                   dname, (long long)rows, (long long)cols, bytes / 1e6, ts.med * 1e3,
+                   bw.min / 1e9, bw.med / 1e9, bw.max / 1e9, ratio.min, ratio.med, ratio.max);
+        }
+    }
+    rc = 0;
+out_free:
+    free(data);
+    free(scales);
+    free(x);
+    free(y);
+    return rc;
+}
+
+/* ---- driver -------------------------------------------------------------------------- */
+
+static void bk_usage(FILE *f)
+{
+    fprintf(f, "usage: mlaserve bench kernels [--json] [--quick] [--threads N] [--reps N]\n"
+               "  CPU kernel throughput vs this machine's measured bandwidth and FMA peak:\n"
+               "  MLA decode attention (bf16/fp8 KV), GEMV (decode), GEMM (prefill).\n"
+               "  --json       one JSON object instead of tables\n"
+               "  --quick      small grid (< 10 s)\n"
+               "  --threads N  pool threads (default: online cores)\n"
+               "  --reps N     runs per figure, reported as min/median/max (default 5)\n");
+}
+
+static int bk_parse(int argc, char **argv, bk_opts *o)
+{
+    static const struct option longopts[] = {
+        {"json", no_argument, NULL, 'j'},        {"quick", no_argument, NULL, 'q'},
+        {"threads", required_argument, NULL, 't'}, {"reps", required_argument, NULL, 'r'},
+        {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
+    };
+    int ch;
+    memset(o, 0, sizeof(*o));
+    o->reps = 5;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        char *end;
+        switch (ch) {
+        case 'j': o->json = 1; break;
+        case 'q': o->quick = 1; break;
+        case 't':
+            o->threads = (int)strtol(optarg, &end, 10);
+            if (*end != '\0' || o->threads < 1 || o->threads > 256) {
+                fprintf(stderr, "bench kernels: --threads wants 1..256, got '%s'\n", optarg);
+                return 2;
+            }
+            break;
+        case 'r':
+            o->reps = (int)strtol(optarg, &end, 10);
+            if (*end != '\0' || o->reps < 1 || o->reps > BK_MAX_REPS) {
+                fprintf(stderr, "bench kernels: --reps wants 1..%d, got '%s'\n", BK_MAX_REPS,
+                        optarg);
+                return 2;
+            }
+            break;
+        case 'h': bk_usage(stdout); return -1;
+        default: bk_usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "bench kernels: unexpected argument '%s'\n", argv[optind]);
+        bk_usage(stderr);
+        return 2;
+    }
+    return 0;
+}
 
 int mls_cmd_bench_kernels(int argc, char **argv)
 {
-    fprintf(stderr, "mlaserve: '%s' is not built yet\n", argv[0]);
-    return 1;
+    bk_ctx c;
+    double v[BK_MAX_REPS], f[BK_MAX_REPS];
+    bk_stat bw, pk;
+    int rc;
+    static const bk_mla_case full_grid[] = {
+        /* dtype filled in below; heads, context, batch */
+        {0, 1, 4096, 32},   {0, 1, 131072, 1},  {0, 4, 32768, 4},
+        {0, 16, 4096, 1},   {0, 16, 4096, 32},  {0, 16, 32768, 1}, {0, 16, 32768, 8},
+        {0, 16, 131072, 1}, {0, 16, 131072, 4}, {0, 128, 4096, 1}, {0, 128, 4096, 32},
+        {0, 128, 32768, 1}, {0, 128, 131072, 1},
+    };
+    static const bk_mla_case quick_grid[] = {
+        {0, 1, 16384, 4}, {0, 16, 4096, 1}, {0, 16, 16384, 4}, {0, 128, 4096, 1},
+    };
+    const bk_mla_case *grid;
+    int n_grid;
+
+    rc = bk_parse(argc, argv, &c.o);
+    if (rc != 0) {
+        return rc < 0 ? 0 : rc;
+    }
+    if (kc_pool_create(c.o.threads, &c.pool) != MLS_OK) {
+        fprintf(stderr, "bench kernels: cannot create a %d-thread pool\n", c.o.threads);
+        return 1;
+    }
+    c.out = stdout;
+    c.first_item = 1;
+    for (int r = 0; r < c.o.reps; r++) {
+        v[r] = kc_measure_read_bandwidth(c.pool, (c.o.quick ? 64u : 256u) << 20, 1);
+        f[r] = kc_measure_peak_flops(c.pool, 1);
+    }
+    bw = bk_stats(v, c.o.reps);
+    pk = bk_stats(f, c.o.reps);
+    c.bw = bw.med;
+    c.peak = pk.med;
+    if (!(c.bw > 0) || !(c.peak > 0)) {
+        fprintf(stderr, "bench kernels: bandwidth or FLOP probe failed\n");
+        kc_pool_destroy(c.pool);
+        return 1;
+    }
+    grid = c.o.quick ? quick_grid : full_grid;
+    n_grid = c.o.quick ? (int)(sizeof(quick_grid) / sizeof(quick_grid[0]))
+                       : (int)(sizeof(full_grid) / sizeof(full_grid[0]));
+
+    if (c.o.json) {
+        printf("{\"threads\": %d, \"isa\": \"%s\", \"reps\": %d, \"quick\": %s, ",
+               kc_pool_size(c.pool), kc_isa_name(kc_isa_active()), c.o.reps,
+               c.o.quick ? "true" : "false");
+        bk_json_stat(stdout, "memory_bandwidth_gbs", bk_scale(bw, 1e-9), 0);
+        bk_json_stat(stdout, "peak_gflops", bk_scale(pk, 1e-9), 0);
+        printf("\"balance_flop_per_byte\": %.6g,\n \"mla_decode\": [", c.peak / c.bw);
+    } else {
+        printf("mlaserve bench kernels: %d threads, ISA %s, %d reps (min/median/max)\n",
+               kc_pool_size(c.pool), kc_isa_name(kc_isa_active()), c.o.reps);
+        printf("memory read bandwidth  %.1f / %.1f / %.1f GB/s\n", bw.min / 1e9, bw.med / 1e9,
+               bw.max / 1e9);
+        printf("peak f32 FMA           %.1f / %.1f / %.1f GFLOP/s\n", pk.min / 1e9, pk.med / 1e9,
+               pk.max / 1e9);
+        printf("machine balance        %.1f FLOP/byte (above: compute-bound)\n\n", c.peak / c.bw);
+        printf("MLA decode attention (R=512, D=64, 1 query per sequence)\n");
+        printf("  kv   heads context batch   med ms   GB/s min/med/max   bw ratio         "
+               "GFLOP/s min/med/max  peak  FLOP/B  bound\n");
+    }
+    rc = 0;
+    for (int d = 0; d < 2 && rc == 0; d++) {
+        for (int i = 0; i < n_grid && rc == 0; i++) {
+            bk_mla_case mc = grid[i];
+            mc.dtype = d == 0 ? KVL_DTYPE_BF16 : KVL_DTYPE_FP8;
+            rc = bk_mla_run(&c, &mc);
+        }
+    }
+    if (c.o.json) {
+        printf("\n ],\n \"gemv\": [");
+    } else {
+        printf("\nGEMV (n=1; weights streamed once)\n");
+        printf("  w     rows x  cols    bytes     med ms   GB/s min/med/max   bw ratio\n");
+    }
+    c.first_item = 1;
+    if (rc == 0) {
+        int64_t rows = c.o.quick ? 4096 : 8192, cols = c.o.quick ? 4096 : 8192;
+        rc = bk_matmul_run(&c, KC_DTYPE_BF16, rows, cols, 1, 0);
+        if (rc == 0) {
+            rc = bk_matmul_run(&c, KC_DTYPE_FP8_E4M3, c.o.quick ? rows : 2 * rows, cols, 1, 0);
+        }
+    }
+    if (c.o.json) {
+        printf("\n ],\n \"gemm\": [");
+    } else {
+        printf("\nGEMM (prefill: tokens x in -> out)\n");
+        printf("  w    tokens x    in ->   out   med ms   GFLOP/s min/med/max  peak ratio\n");
+    }
+    c.first_item = 1;
+    if (rc == 0) {
+        int64_t n = c.o.quick ? 128 : 512, d = c.o.quick ? 1024 : 2048;
+        rc = bk_matmul_run(&c, KC_DTYPE_BF16, d, d, n, 1);
+        if (rc == 0) {
+            rc = bk_matmul_run(&c, KC_DTYPE_FP8_E4M3, d, d, n, 1);
+        }
+    }
+    if (c.o.json) {
+        printf("\n ]}\n");
+    }
+    kc_pool_destroy(c.pool);
+    return rc;
 }

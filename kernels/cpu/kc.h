@@ -146,4 +146,9 @@ void kc_mla_attention_ref(const kc_mla_params *p);
  * thread of pool (best of `reps`). The reference the benches divide by. */
 double kc_measure_read_bandwidth(kc_pool *pool, size_t bytes, int reps);
 
+/* Measured f32 FMA throughput in FLOP/s of the active ISA on every thread of
+ * pool (a register-only FMA loop, best of `reps`): the compute roof the
+ * benches classify against. */
+double kc_measure_peak_flops(kc_pool *pool, int reps);
+
 #endif

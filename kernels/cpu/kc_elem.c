@@ -1,0 +1,137 @@
+/*
+ * kc_elem.c - elementwise kernels (rmsnorm, silu*up, interleaved rotary) and
+ * the memory read-bandwidth probe the benches divide by.
+ */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kc_internal.h"
+#include "mls_num.h"
+
+void kc_rmsnorm(const float *x, const float *w, int64_t n, int64_t dim, float eps, float *out)
+{
+    kc_ops_active()->rmsnorm(x, w, n, dim, eps, out);
+}
+
+void kc_silu_mul(float *gate, const float *up, int64_t n_elems)
+{
+    kc_ops_active()->silu_mul(gate, up, n_elems);
+}
+
+void kc_rope_interleaved(float *x, int64_t n_vec, int64_t dim, int64_t stride, int64_t pos,
+                         const float *inv_freq)
+{
+    float cs[512], sn[512]; /* dim/2 <= 512 covers every rope head dim in use */
+    int64_t half = dim / 2;
+
+    for (int64_t b = 0; b < half; b += 512) {
+        int64_t e = b + 512 < half ? b + 512 : half;
+        for (int64_t i = b; i < e; i++) {
+            float a = (float)pos * inv_freq[i]; /* fp32 angle, as torch computes it */
+            cs[i - b] = cosf(a);
+            sn[i - b] = sinf(a);
+        }
+        for (int64_t v = 0; v < n_vec; v++) {
+            float *xv = x + v * stride;
+            for (int64_t i = b; i < e; i++) {
+                float x0 = xv[2 * i], x1 = xv[2 * i + 1];
+                xv[2 * i] = x0 * cs[i - b] - x1 * sn[i - b];
+                xv[2 * i + 1] = x0 * sn[i - b] + x1 * cs[i - b];
+            }
+        }
+    }
+}
+
+/* ---- read bandwidth ------------------------------------------------------------ */
+
+typedef struct {
+    const kc_ops *ops;
+    const uint8_t *buf;
+    size_t per_task;
+    _Atomic uint64_t sink;
+} kc_bw_job;
+
+static void kc_bw_task(void *ctx, int task, int n_tasks)
+{
+    kc_bw_job *j = ctx;
+    (void)n_tasks;
+    atomic_fetch_add_explicit(&j->sink, j->ops->read_sum(j->buf + (size_t)task * j->per_task,
+                                                         j->per_task),
+                              memory_order_relaxed);
+}
+
+/* Keeps the checksum observable so the reads cannot be optimized away. */
+static volatile uint64_t kc_bw_sink;
+
+double kc_measure_read_bandwidth(kc_pool *pool, size_t bytes, int reps)
+{
+    int nt = kc_pool_size(pool) * 8; /* small tasks balance a late-waking worker */
+    size_t per = bytes / (size_t)nt / 256 * 256;
+    kc_bw_job j;
+    uint8_t *buf = NULL;
+    double best = 0.0;
+
+    if (per == 0 || reps <= 0 || posix_memalign((void **)&buf, 64, per * (size_t)nt) != 0) {
+        return 0.0;
+    }
+    for (size_t i = 0; i < per * (size_t)nt; i += 4096) {
+        memset(buf + i, (int)(i >> 12), per * (size_t)nt - i < 4096 ? per * (size_t)nt - i : 4096);
+    }
+    j.ops = kc_ops_active();
+    j.buf = buf;
+    j.per_task = per;
+    atomic_init(&j.sink, 0);
+    for (int r = 0; r < reps + 1; r++) { /* the first pass warms the pages and the pool */
+        double t0 = mls_now_s(), dt;
+        kc_pool_run(pool, kc_bw_task, &j, nt);
+        dt = mls_now_s() - t0;
+        if (r > 0 && dt > 0 && (double)(per * (size_t)nt) / dt > best) {
+            best = (double)(per * (size_t)nt) / dt;
+        }
+    }
+    kc_bw_sink = atomic_load(&j.sink);
+    free(buf);
+    return best;
+}
+
+/* ---- peak FMA throughput ------------------------------------------------------------ */
+
+typedef struct {
+    const kc_ops *ops;
+    int64_t iters;
+    _Atomic float sink;
+} kc_flops_job;
+
+static void kc_flops_task(void *ctx, int task, int n_tasks)
+{
+    kc_flops_job *j = ctx;
+    (void)task;
+    (void)n_tasks;
+    atomic_store_explicit(&j->sink, j->ops->fma_loop(j->iters), memory_order_relaxed);
+}
+
+static volatile float kc_flops_sink;
+
+double kc_measure_peak_flops(kc_pool *pool, int reps)
+{
+    kc_flops_job j;
+    int nt = kc_pool_size(pool);
+    double best = 0.0;
+
+    j.ops = kc_ops_active();
+    j.iters = j.ops->lanes == 1 ? 2000000 : 4000000 / j.ops->lanes * 4;
+    atomic_init(&j.sink, 0.0f);
+    for (int r = 0; r < reps + 1; r++) { /* the first pass wakes the workers */
+        double t0 = mls_now_s(), dt;
+        kc_pool_run(pool, kc_flops_task, &j, nt);
+        dt = mls_now_s() - t0;
+        if (r > 0 && dt > 0) {
+            double f = (double)nt * (double)j.iters * KC_FMA_CHAINS * j.ops->lanes * 2.0 / dt;
+            best = f > best ? f : best;
+        }
+    }
+    kc_flops_sink = atomic_load(&j.sink);
+    return best;
+}

@@ -1,0 +1,95 @@
+/*
+ * kc_internal.h - what the pieces of kernels/cpu share and nobody else sees.
+ *
+ * Each ISA level provides one kc_ops table (kc_vec_scalar.c, kc_vec_avx2.c,
+ * kc_vec_avx512.c build the same template kc_vec_impl.h with different vector
+ * widths; kc_gemm_avx512.c adds the vdpbf16ps matmul). The drivers
+ * (kc_matmul.c, kc_mla.c, kc_elem.c) split work over the pool and call the
+ * table of kc_isa_active().
+ */
+#ifndef KC_INTERNAL_H
+#define KC_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kc.h"
+
+/* Rows of the MLA tile a unit decodes at a time (a page holds 64). */
+#define KC_MLA_BLOCK 32
+
+/* Independent FMA chains in the peak-FLOP loop. */
+#define KC_FMA_CHAINS 12
+
+typedef struct kc_ops {
+    /* y[i, r - r_begin] (row stride ldy) = x[i, :] . W[r, :] for view rows
+     * r in [r_begin, r_end), i in [0, n). */
+    void (*matmul_rows)(const kc_matrix *w, const float *x, int64_t n, float *y, int64_t ldy,
+                        int64_t r_begin, int64_t r_end);
+    /* y[i, c] (row stride ldy) = sum_r x[i, r] W[r, c] for c in [c_begin, c_end);
+     * c_begin is a multiple of 64. */
+    void (*matmul_t_cols)(const kc_matrix *w, const float *x, int64_t n, float *y, int64_t ldy,
+                          int64_t c_begin, int64_t c_end);
+    /* tile[t, 0:R] = latent, tile[t, R:R+D] = rope, tile[t, R+D:ld] = 0, t < n_rows. */
+    void (*mla_decode)(const kvl_layout *l, const uint8_t *const *rows, int n_rows, float *tile,
+                       int64_t ld);
+    /* s[q, t] (stride lds) = q[q, :k] . tile[t, :k] for q < n_q, t < n_t; k % VL == 0
+     * (both operands are zero padded). */
+    void (*mla_scores)(const float *q, int64_t ldq, int64_t n_q, const float *tile, int64_t ldt,
+                       int64_t n_t, int64_t k, float *s, int64_t lds);
+    /* o[q, :r] (stride ldo) += p[q, :n_t] . tile[:n_t, :r]. */
+    void (*mla_pv)(const float *p, int64_t ldp, int64_t n_q, const float *tile, int64_t ldt,
+                   int64_t n_t, int64_t r, float *o, int64_t ldo);
+    /* s[t] = exp(s[t] - m) for t < n; returns the sum. */
+    float (*exp_sum)(float *s, int64_t n, float m);
+    /* x[i] *= a for i < n. */
+    void (*scale)(float *x, int64_t n, float a);
+    void (*rmsnorm)(const float *x, const float *w, int64_t n, int64_t dim, float eps, float *out);
+    void (*silu_mul)(float *gate, const float *up, int64_t n);
+    /* Reads every byte of p[0, bytes) (bytes % 256 == 0); returns a checksum. */
+    uint64_t (*read_sum)(const void *p, size_t bytes);
+    /* iters rounds of KC_FMA_CHAINS independent vector FMAs; returns a checksum. */
+    float (*fma_loop)(int64_t iters);
+    int lanes; /* f32 lanes per vector */
+} kc_ops;
+
+extern const kc_ops kc_ops_scalar;
+extern const kc_ops kc_ops_avx2;
+extern const kc_ops kc_ops_avx512;
+extern const kc_ops kc_ops_avx512_bf16;
+
+/* The table for kc_isa_active(). */
+const kc_ops *kc_ops_active(void);
+const kc_ops *kc_ops_for(kc_isa isa);
+
+/* Index of the calling thread within the pool running it: 0 for the thread
+ * that called kc_pool_run (or any thread outside a pool), 1.. for workers. */
+int kc_pool_thread_index(void);
+
+/* Per-thread scratch of at least `bytes`, 64-byte aligned, grown on demand and
+ * kept until the thread exits (workers free theirs; see kc_scratch_release).
+ * `slot` (0..3) names independent buffers. NULL when out of memory. */
+void *kc_scratch_get(int slot, size_t bytes);
+void kc_scratch_release(void);
+
+/* fp8 weight scale of (view row r, column c), times 2^8 (the vector decode
+ * yields e4m3 * 2^-8). */
+static inline float kc_fp8_scale(const kc_matrix *w, int64_t r, int64_t c)
+{
+    int64_t scols = (w->cols + KC_FP8_BLOCK - 1) / KC_FP8_BLOCK;
+    return w->scale_inv[((w->row0 + r) / KC_FP8_BLOCK) * scols + c / KC_FP8_BLOCK] * 256.0f;
+}
+
+/* Bytes per element of a weight dtype. */
+static inline int64_t kc_dtype_bytes(kc_dtype t)
+{
+    return t == KC_DTYPE_F32 ? 4 : (t == KC_DTYPE_FP8_E4M3 ? 1 : 2);
+}
+
+/* Element pointer of view row r (counted in the view). */
+static inline const uint8_t *kc_row_ptr(const kc_matrix *w, int64_t r)
+{
+    return (const uint8_t *)w->data + (w->row0 + r) * w->cols * kc_dtype_bytes(w->dtype);
+}
+
+#endif
