@@ -17,6 +17,7 @@ static const mls_cli_command mls_cli_commands[] = {
     {"generate", NULL, mls_cmd_generate, "run a model on prompt ids and print the generated ids"},
     {"genmodel", NULL, mls_cmd_genmodel, "write a random-weight checkpoint in Hugging Face layout"},
     {"tokenize", NULL, mls_cmd_tokenize, "encode JSON lines of text or chat messages to token ids"},
+    {"cluster", NULL, mls_cmd_cluster, "start a local cluster: router + prefill/decode nodes (cluster up)"},
     {"bench", "kernels", mls_cmd_bench_kernels, "CPU kernel bandwidth/throughput vs measured memory bandwidth"},
     {"bench", "kvxfer", mls_cmd_bench_kvxfer, "KV transfer bandwidth over UCX vs ucx_perftest"},
 };

@@ -1,0 +1,398 @@
+/*
+ * cmd_cluster.c - `mlaserve cluster up`: a whole cluster on this machine.
+ *
+ * Starts mlaserve-router and N prefill + M decode nodes (or M colocated nodes)
+ * as child processes, waits until the router reports capacity, prints the URL
+ * and an example request, and stops everything cleanly on Ctrl-C / SIGTERM.
+ * Without --model it serves the project's demo model (generated on first use
+ * with `mlaserve genmodel --preset demo`: random weights, a BPE tokenizer
+ * trained by the project), so a fresh clone needs nothing else.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <libgen.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mls_cli.h"
+
+#define CL_MAX_CHILDREN 34
+
+typedef struct {
+    pid_t pid;
+    char role[16];
+    char name[32];
+} cl_child;
+
+typedef struct {
+    const char *model;
+    const char *host;
+    const char *kv_dtype;
+    const char *state_file;
+    int port;
+    int n_prefill;
+    int n_decode;
+    int threads;
+    int kv_pages;
+    int max_batch;
+    bool colocated;
+    char bin_dir[PATH_MAX];
+    cl_child kids[CL_MAX_CHILDREN];
+    int n_kids;
+} cl_cluster;
+
+static volatile sig_atomic_t cl_stop;
+
+static void cl_on_signal(int sig)
+{
+    (void)sig;
+    cl_stop = 1;
+}
+
+static void cl_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: mlaserve cluster up [options]\n"
+            "\n"
+            "Start a router and prefill/decode nodes on this machine; Ctrl-C stops them all.\n"
+            "\n"
+            "  --model DIR        checkpoint with tokenizer.json (default: the demo model in\n"
+            "                     models/demo, generated on first use)\n"
+            "  --prefill N        prefill nodes (default 1)\n"
+            "  --decode M         decode nodes (default 1)\n"
+            "  --colocated        M colocated nodes (prefill+decode in one process) instead\n"
+            "  --port P           router HTTP port (default 8000; 0 = any)\n"
+            "  --host ADDR        listen address (default 127.0.0.1)\n"
+            "  --kv-dtype D       f32 | bf16 | fp8 (default bf16)\n"
+            "  --kv-pages N       KV pages per node (default 512)\n"
+            "  --max-batch N      decode batch per node (default 64)\n"
+            "  --threads N        compute threads per node (default: cores / nodes)\n"
+            "  --state-file FILE  write the router port and the nodes' pids here\n");
+}
+
+static int cl_spawn(cl_cluster *c, const char *role, const char *name, char *const argv[])
+{
+    pid_t pid;
+
+    if (c->n_kids == CL_MAX_CHILDREN) {
+        return -1;
+    }
+    pid = fork();
+    if (pid < 0) {
+        return -1;
+    }
+    if (pid == 0) {
+        setpgid(0, 0); /* Ctrl-C reaches us only; we stop the children in order */
+        execv(argv[0], argv);
+        fprintf(stderr, "cluster: cannot run %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    c->kids[c->n_kids].pid = pid;
+    snprintf(c->kids[c->n_kids].role, sizeof(c->kids[0].role), "%s", role);
+    snprintf(c->kids[c->n_kids].name, sizeof(c->kids[0].name), "%s", name);
+    c->n_kids++;
+    return 0;
+}
+
+static void cl_stop_all(cl_cluster *c)
+{
+    /* nodes first, router last, so in-flight requests fail cleanly */
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = c->n_kids - 1; i >= 0; i--) {
+            bool router = strcmp(c->kids[i].role, "router") == 0;
+            if (c->kids[i].pid > 0 && router == (pass == 1)) {
+                kill(c->kids[i].pid, SIGTERM);
+            }
+        }
+        for (int waited = 0; waited < 50; waited++) {
+            bool left = false;
+            for (int i = 0; i < c->n_kids; i++) {
+                bool router = strcmp(c->kids[i].role, "router") == 0;
+                if (c->kids[i].pid > 0 && router == (pass == 1)) {
+                    if (waitpid(c->kids[i].pid, NULL, WNOHANG) == c->kids[i].pid) {
+                        c->kids[i].pid = 0;
+                    } else {
+                        left = true;
+                    }
+                }
+            }
+            if (!left) {
+                break;
+            }
+            usleep(100000);
+        }
+    }
+    for (int i = 0; i < c->n_kids; i++) {
+        if (c->kids[i].pid > 0) {
+            kill(c->kids[i].pid, SIGKILL);
+            waitpid(c->kids[i].pid, NULL, 0);
+            c->kids[i].pid = 0;
+        }
+    }
+}
+
+/* GET path on host:port; the HTTP status, or -1 when nothing answers. */
+static int cl_http_get(const char *host, int port, const char *path)
+{
+    struct sockaddr_in sa = {0};
+    char req[256], resp[64];
+    int fd = socket(AF_INET, SOCK_STREAM, 0), status = -1;
+    ssize_t n;
+
+    if (fd < 0) {
+        return -1;
+    }
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET, host, &sa.sin_addr) == 1 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+        int len = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", path, host);
+        if (write(fd, req, (size_t)len) == len && (n = read(fd, resp, sizeof(resp) - 1)) > 12) {
+            resp[n] = '\0';
+            status = atoi(resp + 9);
+        }
+    }
+    close(fd);
+    return status;
+}
+
+static int cl_read_ports(const char *file, int *http_p, int *node_p)
+{
+    FILE *f = fopen(file, "r");
+    int ok;
+
+    if (f == NULL) {
+        return -1;
+    }
+    ok = fscanf(f, "%d %d", http_p, node_p) == 2 ? 0 : -1;
+    fclose(f);
+    return ok;
+}
+
+static int cl_ensure_demo_model(cl_cluster *c, const char *dir)
+{
+    char path[PATH_MAX], exe[PATH_MAX + 16];
+    struct stat sb;
+
+    snprintf(path, sizeof(path), "%.4000s/config.json", dir);
+    if (stat(path, &sb) == 0) {
+        return 0;
+    }
+    fprintf(stderr, "cluster: generating the demo model in %s (once)\n", dir);
+    snprintf(exe, sizeof(exe), "%s/mlaserve", c->bin_dir);
+    {
+        char *argv[] = {exe, "genmodel", "--preset", "demo", "--out", (char *)dir, NULL};
+        pid_t pid = fork();
+        int status;
+        if (pid == 0) {
+            execv(exe, argv);
+            _exit(127);
+        }
+        if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            fprintf(stderr, "cluster: generating the demo model failed\n");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int cl_parse(int argc, char **argv, cl_cluster *c)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, NULL, 'm'},   {"prefill", required_argument, NULL, 'P'},
+        {"decode", required_argument, NULL, 'D'},  {"colocated", no_argument, NULL, 'C'},
+        {"port", required_argument, NULL, 'p'},    {"host", required_argument, NULL, 'H'},
+        {"kv-dtype", required_argument, NULL, 'k'}, {"kv-pages", required_argument, NULL, 'K'},
+        {"max-batch", required_argument, NULL, 'b'}, {"threads", required_argument, NULL, 'j'},
+        {"state-file", required_argument, NULL, 's'}, {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    int o;
+
+    optind = 1;
+    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (o) {
+        case 'm': c->model = optarg; break;
+        case 'P': c->n_prefill = atoi(optarg); break;
+        case 'D': c->n_decode = atoi(optarg); break;
+        case 'C': c->colocated = true; break;
+        case 'p': c->port = atoi(optarg); break;
+        case 'H': c->host = optarg; break;
+        case 'k': c->kv_dtype = optarg; break;
+        case 'K': c->kv_pages = atoi(optarg); break;
+        case 'b': c->max_batch = atoi(optarg); break;
+        case 'j': c->threads = atoi(optarg); break;
+        case 's': c->state_file = optarg; break;
+        case 'h': cl_usage(stdout); return 0;
+        default: cl_usage(stderr); return 2;
+        }
+    }
+    if (optind < argc && strcmp(argv[optind], "up") != 0) {
+        fprintf(stderr, "cluster: unknown action '%s' (only 'up')\n", argv[optind]);
+        return 2;
+    }
+    if (c->n_decode < 1 || c->n_prefill < (c->colocated ? 0 : 1) || c->n_prefill + c->n_decode > 32 ||
+        c->port < 0 || c->kv_pages < 1 || c->max_batch < 1) {
+        fprintf(stderr, "cluster: need 1..32 nodes (at least one decode and, unless --colocated, one "
+                        "prefill), a valid port, --kv-pages and --max-batch >= 1\n");
+        return 2;
+    }
+    return -1;
+}
+
+static void cl_write_state(const cl_cluster *c, int http_port, int node_port)
+{
+    FILE *f;
+
+    if (c->state_file == NULL || (f = fopen(c->state_file, "w")) == NULL) {
+        return;
+    }
+    fprintf(f, "{\"url\":\"http://%s:%d\",\"http_port\":%d,\"node_port\":%d,\"nodes\":[", c->host, http_port,
+            http_port, node_port);
+    for (int i = 0; i < c->n_kids; i++) {
+        fprintf(f, "%s{\"role\":\"%s\",\"name\":\"%s\",\"pid\":%d}", i ? "," : "", c->kids[i].role,
+                c->kids[i].name, (int)c->kids[i].pid);
+    }
+    fprintf(f, "]}\n");
+    fclose(f);
+}
+
+int mls_cmd_cluster(int argc, char **argv)
+{
+    cl_cluster c = {0};
+    char exe[PATH_MAX], port_file[64], router_addr[64], model_buf[PATH_MAX];
+    int http_port = -1, node_port = -1, rc, n_nodes, threads;
+    struct sigaction sa = {0};
+    ssize_t len;
+
+    c.host = "127.0.0.1";
+    c.kv_dtype = "bf16";
+    c.port = 8000;
+    c.n_prefill = 1;
+    c.n_decode = 1;
+    c.kv_pages = 512;
+    c.max_batch = 64;
+    if ((rc = cl_parse(argc, argv, &c)) >= 0) {
+        return rc;
+    }
+    if (c.colocated) {
+        c.n_prefill = 0;
+    }
+    len = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (len <= 0) {
+        fprintf(stderr, "cluster: cannot find my own binary\n");
+        return 1;
+    }
+    exe[len] = '\0';
+    snprintf(c.bin_dir, sizeof(c.bin_dir), "%s", dirname(exe));
+    if (c.model == NULL) {
+        /* the demo model lives beside the build: <repo>/models/demo */
+        snprintf(model_buf, sizeof(model_buf), "%.4000s/../../models/demo", c.bin_dir);
+        c.model = model_buf;
+        if (cl_ensure_demo_model(&c, c.model) != 0) {
+            return 1;
+        }
+    }
+    n_nodes = c.n_prefill + c.n_decode;
+    threads = c.threads > 0 ? c.threads : (int)(sysconf(_SC_NPROCESSORS_ONLN) / n_nodes);
+    threads = threads > 0 ? threads : 1;
+
+    sa.sa_handler = cl_on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    snprintf(port_file, sizeof(port_file), "/tmp/mlaserve-cluster-%d.ports", (int)getpid());
+    unlink(port_file);
+    {
+        char bin[PATH_MAX + 32], port[16];
+        snprintf(bin, sizeof(bin), "%s/mlaserve-router", c.bin_dir);
+        snprintf(port, sizeof(port), "%d", c.port);
+        char *argv_r[] = {bin, "--tokenizer", (char *)c.model, "--host", (char *)c.host, "--port", port,
+                          "--node-port", "0", "--port-file", port_file, c.colocated ? "--colocated-only" : NULL,
+                          NULL};
+        if (cl_spawn(&c, "router", "router", argv_r) != 0) {
+            return 1;
+        }
+    }
+    for (int i = 0; i < 100 && !cl_stop && cl_read_ports(port_file, &http_port, &node_port) != 0; i++) {
+        usleep(100000);
+    }
+    unlink(port_file);
+    if (http_port < 0) {
+        fprintf(stderr, "cluster: the router did not start\n");
+        cl_stop_all(&c);
+        return 1;
+    }
+    snprintf(router_addr, sizeof(router_addr), "%s:%d", c.host, node_port);
+    for (int i = 0; i < n_nodes; i++) {
+        const char *role = c.colocated ? "colocated" : (i < c.n_prefill ? "prefill" : "decode");
+        char bin[PATH_MAX + 32], name[32], pages[16], batch[16], thr[16];
+        snprintf(bin, sizeof(bin), "%s/mlaserve-%s", c.bin_dir, strcmp(role, "prefill") == 0 ? "prefill" : "decode");
+        snprintf(name, sizeof(name), "%s-%d", role, i);
+        snprintf(pages, sizeof(pages), "%d", c.kv_pages);
+        snprintf(batch, sizeof(batch), "%d", c.max_batch);
+        snprintf(thr, sizeof(thr), "%d", threads);
+        char *argv_n[] = {bin, "--model", (char *)c.model, "--router", router_addr, "--role", (char *)role,
+                          "--node-id", name, "--listen", (char *)c.host, "--kv-dtype", (char *)c.kv_dtype,
+                          "--kv-pages", pages, "--max-batch", batch, "--threads", thr, NULL};
+        if (cl_spawn(&c, role, name, argv_n) != 0) {
+            cl_stop_all(&c);
+            return 1;
+        }
+    }
+    /* ready when the router has decode capacity */
+    for (int i = 0; i < 600 && !cl_stop && cl_http_get(c.host, http_port, "/health") != 200; i++) {
+        usleep(100000);
+    }
+    if (cl_stop || cl_http_get(c.host, http_port, "/health") != 200) {
+        fprintf(stderr, "cluster: the nodes did not come up\n");
+        cl_stop_all(&c);
+        return 1;
+    }
+    cl_write_state(&c, http_port, node_port);
+    printf("mlaserve cluster up: %d %s node%s%s, model %s\n"
+           "  API:     http://%s:%d/v1  (OpenAI-compatible)\n"
+           "  metrics: http://%s:%d/metrics\n"
+           "  try:     curl http://%s:%d/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+           "             -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hello!\"}],\"max_tokens\":32}'\n"
+           "Ctrl-C stops the cluster.\n",
+           c.colocated ? c.n_decode : n_nodes, c.colocated ? "colocated" : "", c.colocated ? (c.n_decode > 1 ? "s" : "") : "s",
+           c.colocated ? "" : "", c.model, c.host, http_port, c.host, http_port, c.host, http_port);
+    if (!c.colocated) {
+        printf("  (%d prefill + %d decode)\n", c.n_prefill, c.n_decode);
+    }
+    fflush(stdout);
+    /* supervise: report children that die; stop on a signal */
+    while (!cl_stop) {
+        int status;
+        pid_t pid = waitpid(-1, &status, WNOHANG);
+        if (pid > 0) {
+            for (int i = 0; i < c.n_kids; i++) {
+                if (c.kids[i].pid == pid) {
+                    fprintf(stderr, "cluster: %s exited (%s %d)\n", c.kids[i].name,
+                            WIFSIGNALED(status) ? "signal" : "status",
+                            WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+                    c.kids[i].pid = 0;
+                    if (strcmp(c.kids[i].role, "router") == 0) {
+                        cl_stop = 1;
+                    }
+                }
+            }
+            continue;
+        }
+        usleep(200000);
+    }
+    fprintf(stderr, "cluster: stopping\n");
+    cl_stop_all(&c);
+    if (c.state_file != NULL) {
+        unlink(c.state_file);
+    }
+    return 0;
+}
