@@ -31,6 +31,11 @@ test-tsan: deps
 clean:
 	rm -rf build build-asan build-tsan
 
+# Start a local cluster (router + 1 prefill + 1 decode) on the demo model; Ctrl-C stops it.
+.PHONY: cluster
+cluster: build
+	build/bin/mlaserve cluster up
+
 # Generate a DeepSeek-V2-Lite-shaped model (2 layers, random weights) and run it.
 DEMO_MODEL ?= models/v2lite-2l
 .PHONY: demo

@@ -17,6 +17,7 @@
 
 #define NODE_RECONNECT_MS   500
 #define NODE_STALE_READY_MS 30000   /* KV arrived but StartDecode never came */
+#define NODE_DRAIN_MS       30000   /* SIGTERM: finish running requests for this long */
 
 void mls_node_config_default(mls_node_config *cfg)
 {
@@ -263,7 +264,10 @@ static void node_on_reserve(mls_node *n, const Mlaserve__Reserve *m)
     mls_status st = MLS_OK;
 
     r.request_id = m->request_id;
-    if (n->cfg.role != MLS_NODE_ROLE_DECODE) {
+    if (n->draining) {
+        st = MLS_ERR_BUSY;
+        mls_err_set(&err, "node is draining");
+    } else if (n->cfg.role != MLS_NODE_ROLE_DECODE) {
         st = MLS_ERR_INVALID_ARG;
         mls_err_set(&err, "this node is not a decode node");
     } else if (m->n_pages == 0 || m->n_pages > eng_kv_pool_pages_total(n->pool)) {
@@ -319,6 +323,10 @@ static void node_on_prefill(mls_node *n, const Mlaserve__PrefillRequest *m)
 
     if (n->cfg.role == MLS_NODE_ROLE_DECODE) {
         node_send_error(n, m->request_id, MLS_ERR_INVALID_ARG, "this node is not a prefill node");
+        return;
+    }
+    if (n->draining) {
+        node_send_error(n, m->request_id, MLS_ERR_BUSY, "node is draining");
         return;
     }
     if (m->n_prompt_token_ids == 0) {
@@ -683,16 +691,48 @@ static void node_on_http(mls_http_req *req, void *user)
 
 /* ---- lifecycle ------------------------------------------------------------------------------ */
 
+static void node_on_drain_tick(uv_timer_t *t)
+{
+    mls_node *n = t->data;
+
+    if (n->jobs == NULL || mls_now_ns() > n->drain_deadline_ns || n->router == NULL) {
+        if (n->jobs != NULL) {
+            mls_warn("node %s: drain deadline passed with requests still open", n->node_id);
+        }
+        n->stopping = true;
+        uv_stop(&n->loop);
+    }
+}
+
+/*
+ * First SIGTERM/SIGINT: drain - tell the router to send nothing new, finish
+ * the requests that run (up to NODE_DRAIN_MS), then stop. A second signal
+ * stops at once.
+ */
 static void node_on_signal(uv_signal_t *s, int signum)
 {
     mls_node *n = s->data;
+    Mlaserve__Envelope env = MLASERVE__ENVELOPE__INIT;
+    Mlaserve__Drain d = MLASERVE__DRAIN__INIT;
 
     if (n->stopping) {
         return;
     }
-    mls_info("node %s: signal %d, shutting down", n->node_id, signum);
-    n->stopping = true;
-    uv_stop(&n->loop);
+    if (n->draining || n->jobs == NULL || !n->registered) {
+        mls_info("node %s: signal %d, shutting down", n->node_id, signum);
+        n->stopping = true;
+        uv_stop(&n->loop);
+        return;
+    }
+    mls_info("node %s: signal %d, draining", n->node_id, signum);
+    n->draining = true;
+    n->drain_deadline_ns = mls_now_ns() + (uint64_t)NODE_DRAIN_MS * 1000000ull;
+    d.deadline_ms = NODE_DRAIN_MS;
+    d.reason = "node shutting down";
+    env.msg_case = MLASERVE__ENVELOPE__MSG_DRAIN;
+    env.drain = &d;
+    node_send(n, &env);
+    uv_timer_start(&n->drain_timer, node_on_drain_tick, 100, 100);
 }
 
 static void node_close_walk(uv_handle_t *h, void *arg)
@@ -805,6 +845,8 @@ int mls_node_main(const mls_node_config *cfg)
     n->reconnect_timer.data = n;
     uv_timer_init(&n->loop, &n->heartbeat_timer);
     n->heartbeat_timer.data = n;
+    uv_timer_init(&n->loop, &n->drain_timer);
+    n->drain_timer.data = n;
     uv_signal_init(&n->loop, &n->sigint);
     uv_signal_init(&n->loop, &n->sigterm);
     n->sigint.data = n->sigterm.data = n;

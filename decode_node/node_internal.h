@@ -102,6 +102,9 @@ typedef struct mls_node {
     mls_http_server *http;
     int metrics_port;
     uv_signal_t sigint, sigterm;
+    uv_timer_t drain_timer;
+    bool draining;               /* refusing new work, finishing what runs */
+    uint64_t drain_deadline_ns;
     bool stopping;
     node_job *jobs;              /* loop: registry of open requests */
     /* loop <- compute */
