@@ -448,7 +448,13 @@ void rt_on_reserved(rt_router *rt, rt_node *node, const Mlaserve__Reserved *m)
     if (m->status != 0) {
         mls_status st = mls_proto_status_from_wire(m->status);
         node->pages_free = 0; /* refused: treat as full until its next report */
-        rt_request_retry(r, st == MLS_ERR_BUSY ? MLS_ERR_BUSY : st, m->message ? m->message : "reserve refused");
+        if (st == MLS_ERR_BUSY) {
+            /* out of pages right now: wait in the queue, this is not a failure */
+            rq_leave_nodes(r, false);
+            r->state = RQ_QUEUED;
+            return;
+        }
+        rt_request_retry(r, st, m->message ? m->message : "reserve refused");
         return;
     }
     if (m->n_page_ids == 0 || m->decode_address.len == 0 || m->decode_address.len >= sizeof(r->decode_addr) ||

@@ -23,6 +23,9 @@ static const char tok_gpt2_regex[] =
 /* tok_hash_bytes of the DeepSeek-V3 chat_template (deepseek-ai/DeepSeek-V3
  * tokenizer_config.json), the one template tok_chat.c renders exactly. */
 #define TOK_CHAT_V3_HASH 0xebe3604609c74460ull /* 2301 bytes */
+/* The template `mlaserve genmodel` writes for its own tokenizers
+ * (tools/bpe_deepseek.c): written independently, it renders exactly as V3's. */
+#define TOK_CHAT_MLASERVE_HASH 0xa4a03529692fc71cull /* 1743 bytes */
 
 typedef struct {
     const char *file; /* for messages */
@@ -666,7 +669,8 @@ static mls_status tok_load_config(tok_tokenizer *tok, const char *cfg_path, mls_
         }
         if (cJSON_IsString(tmpl)) {
             const char *t = tmpl->valuestring;
-            if (tok_hash_bytes(t, strlen(t)) == TOK_CHAT_V3_HASH) {
+            uint64_t h = tok_hash_bytes(t, strlen(t));
+            if (h == TOK_CHAT_V3_HASH || h == TOK_CHAT_MLASERVE_HASH) {
                 tok->chat_kind = TOK_CHAT_DEEPSEEK_V3;
             } else if (strstr(t, "<\xef\xbd\x9c"
                                  "User\xef\xbd\x9c>") != NULL &&

@@ -13,6 +13,11 @@
  * Every tensor draws from its own xoshiro256** stream seeded by (seed, name), so
  * the bytes of a tensor do not depend on sharding or on the other tensors.
  * Tensors are generated and streamed one at a time through bounded buffers.
+ *
+ * With --tokenizer-corpus (and by default for --preset demo) a byte-level BPE
+ * tokenizer in the DeepSeek chat format is trained on the given text
+ * (tools/bpe_train.h) and written beside the weights; the model's vocab_size
+ * becomes the tokenizer's, bos 0 and eos 1.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -26,6 +31,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "bpe_train.h"
 #include "eng_config.h"
 #include "eng_safetensors.h"
 #include "mls_cli.h"
@@ -168,6 +174,9 @@ typedef struct {
     uint64_t seed;
     uint64_t max_shard_bytes;
     bool force;
+    bool tokenizer;         /* train and write a tokenizer */
+    const char *tok_corpus; /* comma-separated files; NULL: bpe_demo_corpus */
+    int tok_vocab;          /* 0: the model's vocab_size */
 } gm_opts;
 
 static int gm_list_add(gm_list *l, const char *name, st_dtype dtype, int n_dims, int64_t d0,
@@ -346,6 +355,32 @@ static int gm_preset(const char *name, eng_config *c, bool *fp8_p)
         c->scoring_func = ENG_SCORE_SIGMOID;
         c->norm_topk_prob = true;
         c->routed_scaling_factor = 2.5f;
+        *fp8_p = false;
+    } else if (strcmp(name, "demo") == 0) { /* small V2-shaped MoE for the local cluster */
+        snprintf(c->model_type, sizeof(c->model_type), "deepseek_v2");
+        c->vocab_size = 4096;
+        c->hidden_size = 256;
+        c->intermediate_size = 512;
+        c->moe_intermediate_size = 128;
+        c->num_hidden_layers = 4;
+        c->num_attention_heads = 8;
+        c->q_lora_rank = 0;
+        c->kv_lora_rank = 128;
+        c->qk_nope_head_dim = 32;
+        c->qk_rope_head_dim = 32;
+        c->v_head_dim = 32;
+        c->n_routed_experts = 8;
+        c->num_experts_per_tok = 2;
+        c->n_shared_experts = 1;
+        c->n_group = 1;
+        c->topk_group = 1;
+        c->first_k_dense_replace = 1;
+        c->topk_method = ENG_TOPK_GREEDY;
+        c->scoring_func = ENG_SCORE_SOFTMAX;
+        c->norm_topk_prob = false;
+        c->routed_scaling_factor = 1.0f;
+        c->rope_yarn = false;
+        c->max_position_embeddings = 4096;
         *fp8_p = false;
     } else if (strcmp(name, "deepseek-v2-lite") == 0) {
         snprintf(c->model_type, sizeof(c->model_type), "deepseek_v2");
@@ -835,18 +870,23 @@ static int gm_write_index(const char *dir, const gm_list *l, int n_shards, uint6
 
 /* ------------------------------------------------------------ the directory */
 
-static bool gm_is_output_file(const char *name)
+static bool gm_is_output_file(const char *name, bool tokenizer)
 {
     int a, b, n = 0;
     if (strcmp(name, "config.json") == 0 || strcmp(name, "model.safetensors") == 0 ||
         strcmp(name, "model.safetensors.index.json") == 0) {
         return true;
     }
+    if (tokenizer &&
+        (strcmp(name, "tokenizer.json") == 0 || strcmp(name, "tokenizer_config.json") == 0)) {
+        return true;
+    }
     return sscanf(name, "model-%5d-of-%5d.safetensors%n", &a, &b, &n) == 2 && name[n] == '\0';
 }
 
-/* mkdir -p dir; refuse (or with force, remove) an earlier checkpoint there. */
-static int gm_prepare_dir(const char *dir, bool force)
+/* mkdir -p dir; refuse (or with force, remove) an earlier checkpoint there (and an
+ * earlier tokenizer when one is to be written). */
+static int gm_prepare_dir(const char *dir, bool force, bool tokenizer)
 {
     char path[4096];
     snprintf(path, sizeof(path), "%s", dir);
@@ -872,7 +912,7 @@ static int gm_prepare_dir(const char *dir, bool force)
     int rc = 0;
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
-        if (!gm_is_output_file(de->d_name)) {
+        if (!gm_is_output_file(de->d_name, tokenizer)) {
             continue;
         }
         if (!force) {
@@ -900,7 +940,9 @@ static void gm_usage(FILE *out)
             "usage: mlaserve genmodel --out DIR [options]\n"
             "Write a random-weight DeepSeek-V2/V3 checkpoint (config.json + safetensors).\n\n"
             "  --out DIR              output directory (created if missing)\n"
-            "  --preset NAME          tiny (default) | deepseek-v2-lite | deepseek-v3\n"
+            "  --preset NAME          tiny (default) | demo | deepseek-v2-lite | deepseek-v3\n"
+            "                         (demo: a small V2-shaped MoE that also trains its\n"
+            "                         tokenizer on /usr/share/common-licenses texts)\n"
             "  --layers N             num_hidden_layers (first_k_dense_replace kept < N)\n"
             "  --experts N            n_routed_experts (top-k and groups clamped to fit)\n"
             "  --vocab N              vocab_size\n"
@@ -908,7 +950,12 @@ static void gm_usage(FILE *out)
             "                         (default: fp8 for deepseek-v3, else bf16)\n"
             "  --seed S               PRNG seed (default 1)\n"
             "  --max-shard-bytes B    shard above this many bytes (K/M/G suffixes; default 4G)\n"
-            "  --force                replace an existing checkpoint in DIR\n");
+            "  --force                replace an existing checkpoint in DIR\n"
+            "  --tokenizer-corpus F[,F...]  train a byte-level BPE tokenizer (DeepSeek chat\n"
+            "                         format) on these UTF-8 files; writes tokenizer.json and\n"
+            "                         tokenizer_config.json and sets vocab_size to its size\n"
+            "  --tokenizer-vocab N    tokenizer ids incl. 13 added tokens (default: --vocab)\n"
+            "  --no-tokenizer         do not train one (for --preset demo)\n");
 }
 
 static bool gm_parse_u64(const char *s, uint64_t *v_p, bool suffixes)
@@ -973,6 +1020,7 @@ static int gm_parse_args(int argc, char **argv, gm_opts *o)
 {
     const char *preset = "tiny", *dtype = NULL;
     int layers = 0, experts = 0, vocab = 0;
+    bool no_tokenizer = false;
     memset(o, 0, sizeof(*o));
     o->seed = 1;
     o->max_shard_bytes = 4ull << 30;
@@ -995,10 +1043,16 @@ static int gm_parse_args(int argc, char **argv, gm_opts *o)
             o->force = true;
             continue;
         }
+        if (strcmp(key, "--no-tokenizer") == 0 && val == NULL) {
+            no_tokenizer = true;
+            continue;
+        }
         bool known = strcmp(key, "--out") == 0 || strcmp(key, "--preset") == 0 ||
                      strcmp(key, "--layers") == 0 || strcmp(key, "--experts") == 0 ||
                      strcmp(key, "--vocab") == 0 || strcmp(key, "--dtype") == 0 ||
-                     strcmp(key, "--seed") == 0 || strcmp(key, "--max-shard-bytes") == 0;
+                     strcmp(key, "--seed") == 0 || strcmp(key, "--max-shard-bytes") == 0 ||
+                     strcmp(key, "--tokenizer-corpus") == 0 ||
+                     strcmp(key, "--tokenizer-vocab") == 0;
         if (!known) {
             fprintf(stderr, "genmodel: unknown option '%s'\n", a);
             return 2;
@@ -1027,6 +1081,11 @@ static int gm_parse_args(int argc, char **argv, gm_opts *o)
             ok = strcmp(val, "bf16") == 0 || strcmp(val, "fp8") == 0;
         } else if (strcmp(key, "--seed") == 0) {
             ok = gm_parse_u64(val, &o->seed, false);
+        } else if (strcmp(key, "--tokenizer-corpus") == 0) {
+            o->tok_corpus = val;
+            ok = val[0] != '\0';
+        } else if (strcmp(key, "--tokenizer-vocab") == 0) {
+            ok = gm_parse_int(val, 1, INT32_MAX, &o->tok_vocab);
         } else {
             ok = gm_parse_u64(val, &o->max_shard_bytes, true) && o->max_shard_bytes > 0;
         }
@@ -1041,7 +1100,8 @@ static int gm_parse_args(int argc, char **argv, gm_opts *o)
         return 2;
     }
     if (gm_preset(preset, &o->cfg, &o->fp8) != 0) {
-        fprintf(stderr, "genmodel: unknown preset '%s' (tiny, deepseek-v2-lite, deepseek-v3)\n",
+        fprintf(stderr,
+                "genmodel: unknown preset '%s' (tiny, demo, deepseek-v2-lite, deepseek-v3)\n",
                 preset);
         return 2;
     }
@@ -1067,6 +1127,127 @@ static int gm_parse_args(int argc, char **argv, gm_opts *o)
         }
     }
     c->fp8 = o->fp8;
+    o->tokenizer = !no_tokenizer && (o->tok_corpus != NULL || strcmp(preset, "demo") == 0);
+    if (no_tokenizer && (o->tok_corpus != NULL || o->tok_vocab > 0)) {
+        fprintf(stderr, "genmodel: --no-tokenizer conflicts with --tokenizer-corpus/-vocab\n");
+        return 2;
+    }
+    if (!o->tokenizer && o->tok_vocab > 0) {
+        fprintf(stderr, "genmodel: --tokenizer-vocab needs --tokenizer-corpus\n");
+        return 2;
+    }
+    if (o->tokenizer && o->tok_vocab == 0) {
+        o->tok_vocab = c->vocab_size;
+    }
+    return 0;
+}
+
+/* The corpus files: --tokenizer-corpus split at commas, or those of bpe_demo_corpus
+ * that exist. *list_p (malloc'ed, strings point into *buf_p) and *buf_p are the
+ * caller's to free; -1 with a message when there is none. */
+static int gm_corpus_list(const gm_opts *o, const char ***list_p, size_t *n_p, char **buf_p)
+{
+    size_t n = 0, cap = bpe_demo_corpus_n + 1;
+    char *buf = NULL;
+    if (o->tok_corpus != NULL) {
+        buf = strdup(o->tok_corpus);
+        if (buf == NULL) {
+            fprintf(stderr, "genmodel: out of memory\n");
+            return -1;
+        }
+        for (const char *p = buf; *p; p++) {
+            cap += *p == ',';
+        }
+    }
+    const char **list = malloc(cap * sizeof(*list));
+    if (list == NULL) {
+        free(buf);
+        fprintf(stderr, "genmodel: out of memory\n");
+        return -1;
+    }
+    if (buf != NULL) {
+        for (char *save = NULL, *f = strtok_r(buf, ",", &save); f != NULL;
+             f = strtok_r(NULL, ",", &save)) {
+            list[n++] = f;
+        }
+    } else {
+        for (size_t i = 0; i < bpe_demo_corpus_n; i++) {
+            if (access(bpe_demo_corpus[i], R_OK) == 0) {
+                list[n++] = bpe_demo_corpus[i];
+            }
+        }
+    }
+    if (n == 0) {
+        if (buf != NULL) {
+            fprintf(stderr, "genmodel: --tokenizer-corpus names no file\n");
+        } else {
+            fprintf(stderr,
+                    "genmodel: no default tokenizer corpus: none of /usr/share/common-licenses/"
+                    "{GPL-3,Apache-2.0,Artistic,GPL-2,LGPL-2.1,MPL-2.0} is readable (Debian's "
+                    "base-files); give --tokenizer-corpus FILE[,FILE...] or --no-tokenizer\n");
+        }
+        free(list);
+        free(buf);
+        return -1;
+    }
+    *list_p = list;
+    *n_p = n;
+    *buf_p = buf;
+    return 0;
+}
+
+/* Trains the tokenizer of o; on success *tr_p holds it and c's vocab is its size. */
+static int gm_train_tokenizer(const gm_opts *o, eng_config *c, bpe_trainer **tr_p)
+{
+    const char **files = NULL;
+    size_t n = 0;
+    char *buf = NULL;
+    bpe_trainer *tr = NULL;
+    mls_err err = {{0}};
+    if (gm_corpus_list(o, &files, &n, &buf) != 0) {
+        return -1;
+    }
+    bpe_params p = {
+        .vocab_size = o->tok_vocab,
+        .added = bpe_deepseek_added,
+        .n_added = bpe_deepseek_n_added,
+        .min_pair_count = 1,
+    };
+    mls_status st = bpe_trainer_create(&p, &tr, &err);
+    for (size_t i = 0; i < n && st == MLS_OK; i++) {
+        st = bpe_trainer_feed_file(tr, files[i], &err);
+    }
+    if (st == MLS_OK) {
+        st = bpe_trainer_run(tr, &err);
+    }
+    free(files);
+    free(buf);
+    if (st != MLS_OK) {
+        fprintf(stderr, "genmodel: tokenizer: %s\n", err.msg);
+        bpe_trainer_destroy(tr);
+        return -1;
+    }
+    c->vocab_size = bpe_trainer_vocab_size(tr);
+    c->bos_token_id = BPE_DEEPSEEK_BOS_ID;
+    c->eos_token_id = BPE_DEEPSEEK_EOS_ID;
+    *tr_p = tr;
+    return 0;
+}
+
+static int gm_write_tokenizer(const gm_opts *o, const bpe_trainer *tr, const eng_config *c)
+{
+    char path[4096];
+    mls_err err = {{0}};
+    snprintf(path, sizeof(path), "%s/tokenizer.json", o->out);
+    mls_status st = bpe_trainer_write_json(tr, path, &err);
+    if (st == MLS_OK) {
+        snprintf(path, sizeof(path), "%s/tokenizer_config.json", o->out);
+        st = bpe_write_deepseek_config(path, c->max_position_embeddings, &err);
+    }
+    if (st != MLS_OK) {
+        fprintf(stderr, "genmodel: %s\n", err.msg);
+        return -1;
+    }
     return 0;
 }
 
@@ -1075,6 +1256,7 @@ int mls_cmd_genmodel(int argc, char **argv)
     gm_opts o;
     gm_list list = {0};
     gm_state s = {0};
+    bpe_trainer *tok = NULL;
     char *cfg_text = NULL;
     size_t cfg_len = 0;
     int rc = 1;
@@ -1084,6 +1266,9 @@ int mls_cmd_genmodel(int argc, char **argv)
     int prc = gm_parse_args(argc, argv, &o);
     if (prc != 0) {
         return prc == 1 ? 0 : 2;
+    }
+    if (o.tokenizer && gm_train_tokenizer(&o, &o.cfg, &tok) != 0) {
+        goto out_free;
     }
     /* The config must read back through the engine's own parser. */
     cfg_text = gm_config_json(&o.cfg, o.fp8, &cfg_len);
@@ -1099,7 +1284,10 @@ int mls_cmd_genmodel(int argc, char **argv)
         fprintf(stderr, "genmodel: out of memory for the tensor list\n");
         goto out_free;
     }
-    if (gm_prepare_dir(o.out, o.force) != 0) {
+    if (gm_prepare_dir(o.out, o.force, o.tokenizer) != 0) {
+        goto out_free;
+    }
+    if (tok != NULL && gm_write_tokenizer(&o, tok, &check) != 0) {
         goto out_free;
     }
     int n_shards = gm_assign_shards(&list, o.max_shard_bytes);
@@ -1138,15 +1326,25 @@ int mls_cmd_genmodel(int argc, char **argv)
         goto out_free;
     }
     double secs = mls_now_s() - s.t_start;
-    printf("genmodel: %s (%s, %d layers, %d experts, %s): %" PRIu64 " params, %" PRIu64
-           " bytes in %d file%s, %.2f s (%.0f MB/s)\n",
+    char tok_note[160] = "";
+    if (tok != NULL) {
+        bpe_stats bs;
+        bpe_trainer_stats(tok, &bs);
+        snprintf(tok_note, sizeof(tok_note),
+                 "; tokenizer %d ids trained on %" PRIu64 " bytes in %.2f s (%.2f bytes/token)",
+                 (int)bs.vocab_size, bs.bytes, bs.seconds,
+                 bs.tokens ? (double)bs.bytes / (double)bs.tokens : 0.0);
+    }
+    printf("genmodel: %s (%s, %d layers, %d experts, %s, vocab %d): %" PRIu64 " params, %" PRIu64
+           " bytes in %d file%s, %.2f s (%.0f MB/s)%s\n",
            o.out, o.preset, check.num_hidden_layers, check.n_routed_experts, o.fp8 ? "fp8" : "bf16",
-           params, s.total, n_shards, n_shards == 1 ? "" : "s", secs,
-           secs > 0 ? (double)s.total / secs / 1e6 : 0.0);
+           check.vocab_size, params, s.total, n_shards, n_shards == 1 ? "" : "s", secs,
+           secs > 0 ? (double)s.total / secs / 1e6 : 0.0, tok_note);
     fflush(stdout);
     rc = 0;
 
 out_free:
+    bpe_trainer_destroy(tok);
     free(s.f);
     free(s.bytes);
     free(s.scales);
