@@ -171,8 +171,15 @@ static void node_on_event(mls_node *n, node_event *ev)
     switch (ev->kind) {
     case NODE_EV_FIRST: {
         Mlaserve__FirstToken m = MLASERVE__FIRST_TOKEN__INIT;
+        Mlaserve__TopLogprobs top = MLASERVE__TOP_LOGPROBS__INIT;
         if (job->failed) {
             break;
+        }
+        if (ev->n_top > 0) {
+            top.n_token_ids = top.n_logprobs = ev->n_top;
+            top.token_ids = ev->top_ids;
+            top.logprobs = ev->top_logprobs;
+            m.top = &top;
         }
         m.request_id = ev->rid;
         m.token_id = ev->token;
@@ -187,6 +194,14 @@ static void node_on_event(mls_node *n, node_event *ev)
     }
     case NODE_EV_TOKEN: {
         Mlaserve__TokenChunk m = MLASERVE__TOKEN_CHUNK__INIT;
+        Mlaserve__TopLogprobs top = MLASERVE__TOP_LOGPROBS__INIT, *tops[1] = {&top};
+        if (ev->n_top > 0) {
+            top.n_token_ids = top.n_logprobs = ev->n_top;
+            top.token_ids = ev->top_ids;
+            top.logprobs = ev->top_logprobs;
+            m.n_top = 1;
+            m.top = tops;
+        }
         m.request_id = ev->rid;
         m.first_index = ev->index;
         m.n_token_ids = 1;
@@ -253,6 +268,7 @@ static void node_fill_sampling(node_job *job, const Mlaserve__SamplingParams *sp
     job->seed = sp && sp->has_seed ? sp->seed : (uint64_t)mls_now_ns();
     job->max_tokens = sp && sp->max_tokens > 0 ? sp->max_tokens : 16;
     job->ignore_eos = sp ? sp->ignore_eos : false;
+    job->top_logprobs = sp == NULL ? 0 : sp->top_logprobs < NODE_MAX_TOP ? sp->top_logprobs : NODE_MAX_TOP;
 }
 
 static void node_on_reserve(mls_node *n, const Mlaserve__Reserve *m)

@@ -9,6 +9,7 @@
  * Sequences join the batch at step boundaries and leave when they finish or
  * are canceled; their pages go back to the pool at once.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -92,6 +93,41 @@ void node_compute_submit(mls_node *n, node_job *job)
     n->in_tail = job;
     pthread_cond_signal(&n->in_cond);
     pthread_mutex_unlock(&n->in_lock);
+}
+
+/* The k most likely tokens of logits[vocab] with their log-softmax values. */
+static void node_top_logprobs(const float *logits, int32_t vocab, uint32_t k, node_event *ev)
+{
+    float max = logits[0];
+    double z = 0, lse;
+
+    for (int32_t i = 1; i < vocab; i++) {
+        max = logits[i] > max ? logits[i] : max;
+    }
+    for (int32_t i = 0; i < vocab; i++) {
+        z += exp((double)(logits[i] - max));
+    }
+    lse = (double)max + log(z);
+    ev->n_top = 0;
+    for (int32_t i = 0; i < vocab; i++) { /* insertion into a sorted list of k */
+        uint32_t at = ev->n_top;
+        if (at == k && logits[i] <= logits[ev->top_ids[k - 1]]) {
+            continue;
+        }
+        if (at == k) {
+            at--;
+        } else {
+            ev->n_top++;
+        }
+        while (at > 0 && logits[ev->top_ids[at - 1]] < logits[i]) {
+            ev->top_ids[at] = ev->top_ids[at - 1];
+            at--;
+        }
+        ev->top_ids[at] = i;
+    }
+    for (uint32_t j = 0; j < ev->n_top; j++) {
+        ev->top_logprobs[j] = (float)((double)logits[ev->top_ids[j]] - lse);
+    }
 }
 
 /* Sample completion token `job->n_generated` from logits; true when finished. */
@@ -212,6 +248,9 @@ static void node_run_prefill(mls_node *n, node_job *job)
         ev->index = job->n_generated - 1;
         ev->prompt_tokens = (uint32_t)job->n_prompt;
         ev->ns = mls_now_ns() - t0;
+        if (job->top_logprobs > 0) {
+            node_top_logprobs(n->logits, c->vocab_size, job->top_logprobs, ev);
+        }
         node_post(n, ev);
     }
     if (remote) {
@@ -224,7 +263,6 @@ static void node_run_prefill(mls_node *n, node_job *job)
         return;
     }
     /* colocated: continue in the batch */
-    (void)c;
     if (finished) {
         node_post_finish(n, job, reason);
         node_job_leave(n, job, false);
@@ -305,6 +343,10 @@ static void node_decode_step(mls_node *n)
             ev->token = token;
             ev->logprob = logprob;
             ev->index = job->n_generated - 1;
+            if (job->top_logprobs > 0) {
+                node_top_logprobs(n->logits + (int64_t)i * c->vocab_size, c->vocab_size,
+                                  job->top_logprobs, ev);
+            }
             node_post(n, ev);
         }
         if (finished) {

@@ -33,6 +33,7 @@ typedef struct node_job {
     uint64_t seed;
     uint32_t max_tokens;         /* completion tokens at most */
     bool ignore_eos;
+    uint32_t top_logprobs;       /* alternatives to report per token (0..NODE_MAX_TOP) */
     uint32_t n_generated;        /* completion tokens so far (compute once running) */
     int32_t last_token;          /* compute: next token to feed */
     uint32_t *pages;             /* (n_pages) reserved pages (decode) / remote ids (prefill) */
@@ -62,6 +63,8 @@ typedef enum {
     NODE_EV_COMPUTE_DONE,
 } node_ev_kind;
 
+#define NODE_MAX_TOP 20
+
 typedef struct node_event {
     node_ev_kind kind;
     node_job *job;
@@ -74,6 +77,9 @@ typedef struct node_event {
     uint32_t prompt_tokens;
     uint32_t completion_tokens;
     uint64_t ns;
+    uint32_t n_top;              /* alternatives: ids and logprobs, best first */
+    int32_t top_ids[NODE_MAX_TOP];
+    float top_logprobs[NODE_MAX_TOP];
     char msg[160];
     struct node_event *next;
 } node_event;

@@ -150,6 +150,7 @@ static void rt_api_generate(rt_router *rt, mls_http_req *req, mls_oai_kind kind)
     r->serial = ++rt->next_serial;
     mls_oai_id_make(kind, r->id, sizeof(r->id));
     r->created = (int64_t)time(NULL);
+    r->top_n = o->logprobs ? o->top_logprobs : 0;
     r->prompt = ids.ids;
     r->n_prompt = (int32_t)ids.n;
     if (o->max_tokens >= 0) {

@@ -78,6 +78,9 @@ typedef struct rt_request {
     int32_t n_prompt;
     int32_t *gen;                  /* (cap_gen) completion ids so far */
     float *gen_logprob;            /* (cap_gen) */
+    int32_t *gen_top_ids;          /* (cap_gen, top_n) alternatives, when requested */
+    float *gen_top_lp;             /* (cap_gen, top_n) */
+    uint32_t top_n;
     uint32_t n_gen, cap_gen;
     uint32_t max_tokens;
     rt_node *p, *d;                /* current pair; p == d when colocated */

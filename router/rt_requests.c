@@ -31,6 +31,7 @@ static void rq_fill_sampling(const rt_request *r, Mlaserve__SamplingParams *sp)
     sp->max_tokens = r->max_tokens;
     sp->ignore_eos = r->oai->ignore_eos;
     sp->logprobs = r->oai->logprobs;
+    sp->top_logprobs = r->top_n;
 }
 
 /*
@@ -126,6 +127,67 @@ static bool rq_find_stop(rt_request *r)
     return true;
 }
 
+/* Logprob entries for completion tokens [from, to): each token's own text and
+ * its alternatives. *texts_p collects the strings to free afterwards. */
+typedef struct {
+    mls_oai_token_logprob *tokens;
+    mls_oai_top_logprob *tops;
+    char **texts;
+    size_t n, n_texts;
+} rq_logprobs;
+
+static char *rq_token_text(rt_request *r, int32_t id)
+{
+    char *text = NULL;
+    size_t len = 0;
+    if (tok_decode(r->rt->tok, &id, 1, false, &text, &len, NULL) != MLS_OK) {
+        return strdup("");
+    }
+    return text;
+}
+
+static bool rq_logprobs_build(rt_request *r, uint32_t from, uint32_t to, rq_logprobs *lp)
+{
+    size_t n = to > from ? to - from : 0;
+
+    memset(lp, 0, sizeof(*lp));
+    if (!r->oai->logprobs || n == 0) {
+        return true;
+    }
+    lp->tokens = calloc(n, sizeof(*lp->tokens));
+    lp->tops = calloc(n * (r->top_n ? r->top_n : 1), sizeof(*lp->tops));
+    lp->texts = calloc(n * (1 + r->top_n), sizeof(char *));
+    if (lp->tokens == NULL || lp->tops == NULL || lp->texts == NULL) {
+        return false;
+    }
+    for (uint32_t i = from; i < to; i++) {
+        mls_oai_token_logprob *t = &lp->tokens[lp->n++];
+        char *s = rq_token_text(r, r->gen[i]);
+        lp->texts[lp->n_texts++] = s;
+        t->text = s ? s : "";
+        t->logprob = r->gen_logprob[i];
+        t->top = lp->tops + (size_t)(i - from) * r->top_n;
+        for (uint32_t k = 0; k < r->top_n; k++) {
+            char *ts = rq_token_text(r, r->gen_top_ids[(size_t)i * r->top_n + k]);
+            lp->texts[lp->n_texts++] = ts;
+            lp->tops[(size_t)(i - from) * r->top_n + k].text = ts ? ts : "";
+            lp->tops[(size_t)(i - from) * r->top_n + k].logprob = r->gen_top_lp[(size_t)i * r->top_n + k];
+        }
+        t->n_top = r->top_n;
+    }
+    return true;
+}
+
+static void rq_logprobs_free(rq_logprobs *lp)
+{
+    for (size_t i = 0; i < lp->n_texts; i++) {
+        free(lp->texts[i]);
+    }
+    free(lp->texts);
+    free(lp->tops);
+    free(lp->tokens);
+}
+
 static void rq_send_chunk(rt_request *r, const char *text, size_t len, const char *finish)
 {
     rt_router *rt = r->rt;
@@ -139,9 +201,16 @@ static void rq_send_chunk(rt_request *r, const char *text, size_t len, const cha
         }
         r->stream_started = true;
     }
+    rq_logprobs lp;
     ch.text = text;
     ch.text_len = len;
     ch.finish_reason = finish;
+    if (rq_logprobs_build(r, r->tokens_sent, r->n_gen, &lp)) {
+        ch.logprobs = lp.tokens;
+        ch.n_logprobs = lp.n;
+        ch.text_offset = r->sent;
+        r->tokens_sent = r->n_gen;
+    }
     a.kind = r->kind;
     a.chunk = true;
     a.id = r->id;
@@ -151,6 +220,7 @@ static void rq_send_chunk(rt_request *r, const char *text, size_t len, const cha
     a.first_chunk = !r->first_chunk_sent;
     a.logprobs_requested = r->oai->logprobs;
     json = mls_oai_render(&a);
+    rq_logprobs_free(&lp);
     if (json != NULL) {
         mls_http_req_sse_send(r->http, json, strlen(json));
         free(json);
@@ -206,9 +276,15 @@ static void rq_complete_http(rt_request *r)
     } else {
         mls_oai_choice ch = {0};
         mls_oai_render_args a = {0};
+        rq_logprobs lp;
+        bool have_lp = rq_logprobs_build(r, 0, r->n_gen, &lp);
         ch.text = r->text ? r->text : "";
         ch.text_len = r->text_len;
         ch.finish_reason = r->finish_reason;
+        if (have_lp) {
+            ch.logprobs = lp.tokens;
+            ch.n_logprobs = lp.n;
+        }
         a.kind = r->kind;
         a.id = r->id;
         a.created = r->created;
@@ -217,6 +293,7 @@ static void rq_complete_http(rt_request *r)
         a.usage = &usage;
         a.logprobs_requested = r->oai->logprobs;
         json = mls_oai_render(&a);
+        rq_logprobs_free(&lp);
         if (json == NULL) {
             mls_http_req_respond_error(r->http, 500, "server_error", NULL, NULL, "out of memory");
         } else {
@@ -475,7 +552,7 @@ void rt_on_reserved(rt_router *rt, rt_node *node, const Mlaserve__Reserved *m)
 }
 
 /* A completion token arrived (index must be the next one); false when finished. */
-static bool rq_take_token(rt_request *r, int32_t id, float logprob)
+static bool rq_take_token(rt_request *r, int32_t id, float logprob, const Mlaserve__TopLogprobs *top)
 {
     rt_router *rt = r->rt;
     const char *piece;
@@ -493,7 +570,24 @@ static bool rq_take_token(rt_request *r, int32_t id, float logprob)
             return false;
         }
         r->gen_logprob = l;
+        if (r->top_n > 0) {
+            int32_t *ti = realloc(r->gen_top_ids, sizeof(int32_t) * cap * r->top_n);
+            float *tl = ti ? realloc(r->gen_top_lp, sizeof(float) * cap * r->top_n) : NULL;
+            if (ti != NULL) {
+                r->gen_top_ids = ti;
+            }
+            if (tl == NULL) {
+                rt_request_fail(r, 500, MLS_ERR_NO_MEMORY, "out of memory");
+                return false;
+            }
+            r->gen_top_lp = tl;
+        }
         r->cap_gen = cap;
+    }
+    for (uint32_t k = 0; k < r->top_n; k++) {
+        bool have = top != NULL && k < top->n_token_ids && k < top->n_logprobs;
+        r->gen_top_ids[(size_t)r->n_gen * r->top_n + k] = have ? top->token_ids[k] : 0;
+        r->gen_top_lp[(size_t)r->n_gen * r->top_n + k] = have ? top->logprobs[k] : -9999.0f;
     }
     r->gen[r->n_gen] = id;
     r->gen_logprob[r->n_gen] = logprob;
@@ -552,7 +646,7 @@ void rt_on_first_token(rt_router *rt, rt_node *node, const Mlaserve__FirstToken 
     }
     mls_prom_add(rt->m_prompt_tokens, m->n_prompt_tokens);
     r->state = RQ_DECODING;
-    if (!rq_take_token(r, m->token_id, m->logprob)) {
+    if (!rq_take_token(r, m->token_id, m->logprob, m->top)) {
         return;
     }
     if (colocated) {
@@ -585,7 +679,8 @@ void rt_on_token_chunk(rt_router *rt, rt_node *node, const Mlaserve__TokenChunk 
             rt_request_retry(r, MLS_ERR_INTERNAL, "token stream has a gap");
             return;
         }
-        if (!rq_take_token(r, m->token_ids[i], i < m->n_logprobs ? m->logprobs[i] : 0.0f)) {
+        if (!rq_take_token(r, m->token_ids[i], i < m->n_logprobs ? m->logprobs[i] : 0.0f,
+                           i < m->n_top ? m->top[i] : NULL)) {
             return;
         }
     }
@@ -691,6 +786,8 @@ void rt_request_free(rt_request *r)
     free(r->prompt);
     free(r->gen);
     free(r->gen_logprob);
+    free(r->gen_top_ids);
+    free(r->gen_top_lp);
     free(r->pages);
     free(r->text);
     free(r);

@@ -479,6 +479,38 @@ static void test_text_and_chat_prompts(void)
     }
 }
 
+/* logprobs: the sampled token's logprob is the best of its alternatives under greedy */
+static void test_logprobs(void)
+{
+    cl_response r;
+    cJSON *j, *lp, *toks, *lps, *tops;
+
+    CHECK(cl_post(C.port, "/v1/completions",
+                  "{\"prompt\":\"Hello\",\"max_tokens\":4,\"temperature\":0,\"ignore_eos\":true,\"logprobs\":3}",
+                  30, &r) == 0);
+    CHECK_EQ_INT(r.status, 200);
+    j = cJSON_Parse(r.body);
+    lp = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0), "logprobs");
+    toks = cJSON_GetObjectItem(lp, "tokens");
+    lps = cJSON_GetObjectItem(lp, "token_logprobs");
+    tops = cJSON_GetObjectItem(lp, "top_logprobs");
+    CHECK_EQ_INT(cJSON_GetArraySize(toks), 4);
+    CHECK_EQ_INT(cJSON_GetArraySize(tops), 4);
+    for (int i = 0; i < 4; i++) {
+        cJSON *alt = cJSON_GetArrayItem(tops, i), *e;
+        double chosen = cJSON_GetArrayItem(lps, i)->valuedouble, best = -1e30;
+        CHECK(cJSON_GetArraySize(alt) >= 1 && cJSON_GetArraySize(alt) <= 3);
+        cJSON_ArrayForEach(e, alt)
+        {
+            best = e->valuedouble > best ? e->valuedouble : best;
+        }
+        CHECK_MSG(chosen <= 0 && fabs(chosen - best) < 1e-5, "token %d: logprob %g, best alternative %g", i,
+                  chosen, best);
+    }
+    cJSON_Delete(j);
+    cl_response_free(&r);
+}
+
 static void test_32_concurrent_streams(void)
 {
     CHECK_EQ_INT(run_parallel(C.port, 32, -1, true, NULL, NULL, "32 concurrent streams"), 32);
@@ -625,6 +657,7 @@ int main(void)
     }
     MLS_TEST_RUN(test_identical_to_generate);
     MLS_TEST_RUN(test_text_and_chat_prompts);
+    MLS_TEST_RUN(test_logprobs);
     MLS_TEST_RUN(test_32_concurrent_streams);
     MLS_TEST_RUN(test_client_disconnect_frees_pages);
     MLS_TEST_RUN(test_bad_input);
