@@ -417,7 +417,9 @@ static void rq_send_prefill(rt_request *r, rt_node *p, bool remote)
         return;
     }
     memcpy(ids, r->prompt, sizeof(int32_t) * (size_t)r->n_prompt);
-    memcpy(ids + r->n_prompt, r->gen, sizeof(int32_t) * r->n_gen);
+    if (r->n_gen > 0) {
+        memcpy(ids + r->n_prompt, r->gen, sizeof(int32_t) * r->n_gen);
+    }
     rq_fill_sampling(r, &sp);
     m.request_id = r->rid;
     m.prompt_token_ids = ids;
