@@ -25,6 +25,7 @@
 #ifndef MLS_KV_LAYOUT_H
 #define MLS_KV_LAYOUT_H
 
+#include <assert.h> /* static_assert: C11 and C++ alike */
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -51,9 +52,9 @@ typedef enum {
 #define KVL_ROW_BYTES_BF16(r, d)   (2u * (r) + 2u * (d))
 #define KVL_ROW_BYTES_FP8(r, d)    ((r) + 4u * KVL_FP8_SCALES(r) + 2u * (d))
 
-_Static_assert(KVL_ROW_BYTES_FP8(512u, 64u) == 656u, "DeepSeek-V3 fp8 row is 656 bytes");
-_Static_assert(KVL_ROW_BYTES_BF16(512u, 64u) == 1152u, "DeepSeek-V3 bf16 row is 1152 bytes");
-_Static_assert(KVL_PAGE_TOKENS == 64u, "pages are 64 tokens");
+static_assert(KVL_ROW_BYTES_FP8(512u, 64u) == 656u, "DeepSeek-V3 fp8 row is 656 bytes");
+static_assert(KVL_ROW_BYTES_BF16(512u, 64u) == 1152u, "DeepSeek-V3 bf16 row is 1152 bytes");
+static_assert(KVL_PAGE_TOKENS == 64u, "pages are 64 tokens");
 
 typedef struct {
     uint32_t version;           /* KVL_VERSION */

@@ -11,16 +11,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-/* The C headers use _Static_assert, which C++ spells static_assert. */
-#ifndef _Static_assert
-#define _Static_assert static_assert
-#define KCU_UNDEF_STATIC_ASSERT_
-#endif
 #include "kcu.h"
-#ifdef KCU_UNDEF_STATIC_ASSERT_
-#undef _Static_assert
-#undef KCU_UNDEF_STATIC_ASSERT_
-#endif
 
 struct kcu_ctx {
     int device;
