@@ -20,6 +20,7 @@ static const mls_cli_command mls_cli_commands[] = {
     {"cluster", NULL, mls_cmd_cluster, "start a local cluster: router + prefill/decode nodes (cluster up)"},
     {"bench", "kernels", mls_cmd_bench_kernels, "CPU kernel bandwidth/throughput vs measured memory bandwidth"},
     {"bench", "kvxfer", mls_cmd_bench_kvxfer, "KV transfer bandwidth over UCX vs ucx_perftest"},
+    {"bench", "serve", mls_cmd_bench_serve, "load an OpenAI endpoint: TTFT/TPOT/ITL, throughput, goodput"},
 };
 
 static void mls_cli_usage(FILE *out)

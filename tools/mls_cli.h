@@ -13,5 +13,6 @@ int mls_cmd_tokenize(int argc, char **argv);       /* tools/cmd_tokenize.c */
 int mls_cmd_cluster(int argc, char **argv);        /* tools/cmd_cluster.c */
 int mls_cmd_bench_kernels(int argc, char **argv);  /* bench/bench_kernels.c */
 int mls_cmd_bench_kvxfer(int argc, char **argv);   /* bench/bench_kvxfer.c */
+int mls_cmd_bench_serve(int argc, char **argv);    /* bench/bench_serve.c */
 
 #endif
