@@ -1,0 +1,398 @@
+/*
+ * kvx_internal.h - internals of the KV transfer: wire messages (the contract
+ * between a prefill and a decode node, versioned by KVX_PROTO_VERSION), the
+ * context, peers, reservations, requests and the transfer-path ops table.
+ * Only the transport sources include this.
+ */
+#ifndef MLS_KVX_INTERNAL_H
+#define MLS_KVX_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <ucp/api/ucp.h>
+#include <uv.h>
+#define XXH_STATIC_LINKING_ONLY /* XXH3_state_t is embedded */
+#include <xxhash.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xxh_x86dispatch.h> /* XXH3 with runtime AVX2/AVX-512 selection: ~3x the SSE2 speed */
+#endif
+
+#include "kvx.h"
+
+/* ---- wire ---------------------------------------------------------------- */
+
+/* Active message ids. Headers are fixed-size little-endian structs (both ends
+ * of a link run on the same architecture family; the HELLO magic catches a
+ * byte-order mismatch). */
+typedef enum {
+    KVX_AM_HELLO = 0x6b76, /* sender -> receiver: our layout */
+    KVX_AM_HELLO_REPLY,    /* receiver -> sender: verdict, pools, rkeys */
+    KVX_AM_BEGIN,          /* sender -> receiver: request bound to reservation */
+    KVX_AM_DATA,           /* sender -> receiver: one run of rows (AM path) */
+    KVX_AM_LAYER,          /* sender -> receiver: a layer's puts landed (RMA path) */
+    KVX_AM_FINISH,         /* sender -> receiver: per-layer checksums, after all data */
+    KVX_AM_CANCEL,         /* sender -> receiver: request aborted */
+    KVX_AM_RESULT,         /* receiver -> sender: the reservation's verdict */
+    KVX_AM_ID_END
+} kvx_am_id;
+
+#define KVX_AM_ID_COUNT ((unsigned)(KVX_AM_ID_END - KVX_AM_HELLO))
+#define KVX_WIRE_MAGIC  0x4b565831u /* "KVX1" */
+#define KVX_WHY_LEN     256
+
+typedef struct {
+    uint32_t version;
+    uint32_t dtype;
+    uint32_t kv_lora_rank;
+    uint32_t rope_dim;
+    uint32_t page_tokens;
+    uint32_t row_bytes;
+    uint32_t rope_offset;
+    uint32_t scale_offset;
+    uint64_t page_bytes;
+    uint64_t model_fingerprint;
+} kvx_wire_layout;
+_Static_assert(sizeof(kvx_wire_layout) == 48, "kvx_wire_layout is 48 bytes on the wire");
+
+typedef struct {
+    uint32_t magic;
+    uint32_t proto_version;
+    uint32_t n_layers;
+    uint32_t reserved;
+    kvx_wire_layout layout;
+} kvx_msg_hello;
+_Static_assert(sizeof(kvx_msg_hello) == 64, "kvx_msg_hello is 64 bytes");
+
+/* Followed (as AM data) by n_layers kvx_wire_pool, then n_regions times
+ * (uint32 rkey length, rkey bytes). */
+typedef struct {
+    uint32_t magic;
+    uint32_t status; /* mls_status: MLS_OK or the refusal */
+    uint32_t n_layers;
+    uint32_t n_regions;
+    uint32_t pool_pages;
+    uint32_t reserved;
+    kvx_wire_layout layout;
+    char why[KVX_WHY_LEN];
+} kvx_msg_hello_reply;
+_Static_assert(sizeof(kvx_msg_hello_reply) == 72 + KVX_WHY_LEN, "kvx_msg_hello_reply size");
+
+typedef struct {
+    uint64_t base;   /* remote address of page 0 of the layer */
+    uint32_t region; /* index of the rkey */
+    uint32_t reserved;
+} kvx_wire_pool;
+_Static_assert(sizeof(kvx_wire_pool) == 16, "kvx_wire_pool is 16 bytes");
+
+/* Followed by n_pages uint32 page ids. */
+typedef struct {
+    uint64_t rid;
+    uint32_t n_tokens;
+    uint32_t n_pages;
+    uint32_t n_layers;
+    uint32_t path; /* kvx_path: KVX_PATH_RMA or KVX_PATH_AM */
+} kvx_msg_begin;
+_Static_assert(sizeof(kvx_msg_begin) == 24, "kvx_msg_begin is 24 bytes");
+
+/* DATA (rows of tokens [tok_begin, +n_tokens) of layer; the AM data), LAYER
+ * (n_tokens = 0) and CANCEL (layer = n_tokens = 0). */
+typedef struct {
+    uint64_t rid;
+    uint32_t layer;
+    uint32_t tok_begin;
+    uint32_t n_tokens;
+    uint32_t reserved;
+} kvx_msg_rows;
+_Static_assert(sizeof(kvx_msg_rows) == 24, "kvx_msg_rows is 24 bytes");
+
+/* Followed by n_layers uint64 XXH3-64 checksums of each layer's rows, tokens
+ * 0..n_tokens-1 in order. */
+typedef struct {
+    uint64_t rid;
+    uint32_t n_layers;
+    uint32_t n_tokens;
+} kvx_msg_finish;
+_Static_assert(sizeof(kvx_msg_finish) == 16, "kvx_msg_finish is 16 bytes");
+
+typedef struct {
+    uint64_t rid;
+    uint32_t status; /* mls_status */
+    uint32_t reserved;
+    char why[KVX_WHY_LEN];
+} kvx_msg_result;
+_Static_assert(sizeof(kvx_msg_result) == 16 + KVX_WHY_LEN, "kvx_msg_result size");
+
+/* Any message header, aligned: UCX hands headers over at any alignment, so
+ * handlers copy them into this before reading fields. */
+typedef union {
+    kvx_msg_hello hello;
+    kvx_msg_hello_reply hello_reply;
+    kvx_msg_begin begin;
+    kvx_msg_rows rows;
+    kvx_msg_finish finish;
+    kvx_msg_result result;
+} kvx_msg_any;
+
+/* ---- context ------------------------------------------------------------- */
+
+typedef struct kvx_peer kvx_peer;
+typedef struct kvx_resv kvx_resv;
+
+/* One UCX operation in flight, owning its header and optional blob. */
+typedef enum {
+    KVX_SOP_DATA,     /* put or data AM of a request */
+    KVX_SOP_FLUSH,    /* per-layer flush of a request (RMA) */
+    KVX_SOP_CTRL,     /* control AM with no request attached */
+    KVX_SOP_REQ_CTRL, /* control AM of a request (BEGIN/LAYER/FINISH) */
+    KVX_SOP_RECV,     /* rendezvous receive into a reservation */
+} kvx_sop_kind;
+
+typedef struct {
+    kvx_sop_kind kind;
+    uint32_t layer;
+    uint64_t bytes;
+    kvx_req *req;   /* DATA/FLUSH/REQ_CTRL */
+    kvx_resv *resv; /* RECV */
+    kvx_ctx *ctx;
+    void *blob; /* owned extra payload (page ids, checksums...) */
+    size_t blob_len;
+    uint8_t hdr[KVX_WHY_LEN + 80]; /* the AM header, alive until completion */
+} kvx_sop;
+
+typedef enum {
+    KVX_PEER_CONNECTING, /* sender: waiting for HELLO_REPLY; receiver: for HELLO */
+    KVX_PEER_READY,
+    KVX_PEER_FAILED, /* endpoint error or refusal: closing */
+} kvx_peer_state;
+
+typedef struct kvx_op kvx_op;
+
+struct kvx_peer {
+    kvx_peer *next;
+    kvx_ctx *ctx;
+    ucp_ep_h ep;
+    bool is_client; /* we connected (sender side) */
+    kvx_peer_state state;
+    bool closed; /* ucp_ep_close issued */
+    bool close_done;
+    uint32_t refs; /* requests/reservations bound + the cache */
+    char addr[64]; /* "ip:port" (client) or "accepted" */
+    kvx_path path;
+    mls_status fail_status;
+    char fail_why[2 * KVX_WHY_LEN];
+    /* sender: the decode node's pools */
+    uint32_t n_regions;
+    ucp_rkey_h *rkeys;    /* (n_regions) */
+    kvx_wire_pool *pools; /* (n_layers) */
+    uint32_t remote_pages;
+    /* sender: operations waiting for HELLO_REPLY, in order */
+    kvx_op *pend_head, *pend_tail;
+};
+
+/* A reservation on the decode side. */
+typedef enum {
+    KVX_RESV_OPEN,
+    KVX_RESV_ENDING, /* verdict made; waiting for in-flight receives */
+} kvx_resv_state;
+
+struct kvx_resv {
+    kvx_resv *hnext;       /* hash chain */
+    kvx_resv *next, *prev; /* all reservations (lease scan) */
+    uint64_t rid;
+    uint32_t *page_ids; /* (n_pages) */
+    uint32_t n_pages;
+    uint64_t deadline_ns;
+    kvx_done_cb cb;
+    void *arg;
+    kvx_resv_state state;
+    kvx_peer *peer; /* bound by BEGIN */
+    kvx_path path;
+    uint32_t n_tokens;
+    uint32_t inflight;     /* rendezvous receives */
+    bool finished;         /* FINISH received */
+    uint64_t *layer_bytes; /* (n_layers) bytes landed (AM) */
+    uint8_t *layer_state;  /* (n_layers) 0 pending, 1 landed, 2 hashed */
+    uint64_t *layer_hash;  /* (n_layers) our XXH3 of the landed rows */
+    uint64_t *want_hash;   /* (n_layers) from FINISH */
+    mls_status end_status;
+    char end_why[KVX_WHY_LEN];
+};
+
+#define KVX_RESV_BUCKETS 256u
+
+typedef struct {
+    void *base;
+    size_t len;
+    ucp_mem_h memh;
+    bool allocated; /* kvx_pool_alloc: UCX owns the memory */
+    bool in_pool;   /* referenced by the registered pool */
+} kvx_region;
+
+#define KVX_MAX_REGIONS (KVX_MAX_LAYERS + 8u)
+
+typedef enum {
+    KVX_OP_BEGIN,
+    KVX_OP_ROWS,
+    KVX_OP_FINISH,
+    KVX_OP_ABORT,
+} kvx_op_type;
+
+struct kvx_op {
+    kvx_op *next;
+    kvx_op_type type;
+    kvx_req *req;
+    uint32_t layer;
+    uint32_t tok_begin;
+    uint32_t n_tokens;
+    const uint8_t *rows;
+};
+
+/* Sender request. Fields marked [caller] are touched only by the thread
+ * calling kvx_send_layer/kvx_finish; [loop] only on the loop thread. */
+struct kvx_req {
+    kvx_ctx *ctx;
+    atomic_int refs;   /* caller + loop + one per queued op */
+    atomic_int status; /* MLS_OK while alive; the final status after */
+    uint64_t rid;
+    char peer_addr[64];
+    uint32_t *page_ids; /* (n_pages) */
+    uint32_t n_pages;
+    uint32_t n_tokens;
+    uint32_t n_layers;
+    kvx_done_cb cb;
+    void *arg;
+    /* [caller] */
+    uint32_t *layer_sent; /* (n_layers) tokens handed over */
+    XXH3_state_t *hash;   /* (n_layers) running checksums */
+    uint64_t *checksums;  /* (n_layers) final; read by the loop after FINISH op */
+    bool finish_called;
+    /* [loop] */
+    kvx_req *lnext, *lprev; /* ctx->reqs */
+    kvx_peer *peer;
+    bool begun;
+    bool finish_queued;
+    bool finish_sent;
+    bool done;            /* verdict made: no more sends */
+    bool cb_called;       /* callback ran: only once no UCX op reads the rows */
+    uint64_t deadline_ns; /* config.req_timeout_ms after create; 0 = none */
+    mls_status end_status;
+    uint64_t end_ns;
+    char end_why[2 * KVX_WHY_LEN];
+    bool corrupted;         /* test hook applied */
+    uint32_t *layer_issued; /* (n_layers) tokens issued on the wire */
+    uint32_t outstanding;   /* UCX ops referencing this request */
+    uint8_t *scratch;       /* test hook copy */
+    size_t scratch_len;
+};
+
+/* A transfer path: how rows reach the destination pages. */
+typedef struct {
+    const char *name;
+    /* Issue one coalesced run: src (n_tokens, row_bytes) to tokens
+     * [tok_begin, +n_tokens) of `layer`, contiguous at byte offset dst_off of
+     * the layer's remote pool. */
+    mls_status (*send_run)(kvx_req *req, uint32_t layer, uint32_t tok_begin, uint32_t n_tokens,
+                           const uint8_t *src, uint64_t dst_off);
+    /* The layer's last run was issued. */
+    mls_status (*layer_issued)(kvx_req *req, uint32_t layer);
+} kvx_path_ops;
+
+extern const kvx_path_ops kvx_path_rma_ops;
+extern const kvx_path_ops kvx_path_am_ops;
+
+struct kvx_ctx {
+    kvx_config cfg;
+    uv_loop_t *loop;
+    ucp_context_h ucp;
+    ucp_worker_h worker;
+    ucp_listener_h listener;
+    uint64_t mem_types; /* UCX-supported memory types */
+    int efd;
+    uv_poll_t poll;
+    uv_timer_t timer;
+    uv_async_t async;
+    int handles_open;
+    struct kvx_am_arg {
+        kvx_ctx *ctx;
+        unsigned id;
+    } am_arg[KVX_AM_ID_COUNT];
+    bool in_drain;
+    bool poll_paused; /* worker kept busy: progressed from the tick only */
+    bool destroying;
+    /* op queue from compute threads */
+    pthread_mutex_t q_lock;
+    kvx_op *q_head, *q_tail;
+    /* peers (both roles) */
+    kvx_peer *peers;
+    /* receiver */
+    kvx_region regions[KVX_MAX_REGIONS];
+    uint32_t n_regions;
+    bool pool_registered;
+    kvx_mem_type pool_mem;
+    uint8_t *pool_base[KVX_MAX_LAYERS];
+    uint32_t pool_region[KVX_MAX_LAYERS];
+    uint32_t pool_pages;
+    void *rkey_blob; /* packed rkeys, sent in every HELLO_REPLY */
+    size_t rkey_blob_len;
+    uint32_t n_wire_regions; /* rkeys in the blob */
+    kvx_resv *resv_hash[KVX_RESV_BUCKETS];
+    kvx_resv *resv_list;
+    uint32_t n_resv;
+    uint64_t bytes_received;
+    /* sender */
+    kvx_req *reqs;
+    uint32_t n_reqs;
+    uint64_t bytes_sent;
+};
+
+/* kvx_ctx.c */
+void kvx_queue_push(kvx_ctx *ctx, kvx_op *op);
+void kvx_ep_err_cb(void *arg, ucp_ep_h ep, ucs_status_t status);
+kvx_peer *kvx_peer_by_ep(kvx_ctx *ctx, ucp_ep_h ep);
+void kvx_drain_soon(kvx_ctx *ctx);
+kvx_sop *kvx_sop_new(kvx_ctx *ctx, kvx_sop_kind kind);
+void kvx_sop_free(kvx_sop *sop);
+/* Send a control AM (header <= sizeof sop->hdr, blob owned by the sop). On
+ * immediate completion or error the sop's completion runs before return. */
+mls_status kvx_am_send(kvx_peer *peer, kvx_sop *sop, unsigned am_id, size_t hdr_len,
+                       unsigned flags);
+void kvx_peer_fail(kvx_peer *peer, mls_status st, const char *why);
+void kvx_peer_unref(kvx_peer *peer);
+void kvx_sop_complete(kvx_sop *sop, ucs_status_t status);
+void kvx_layout_to_wire(const kvl_layout *l, kvx_wire_layout *w);
+void kvx_layout_mismatch_why(const kvl_layout *ours, const kvl_layout *theirs, const char *field,
+                             char *buf, size_t len);
+void kvx_layout_from_wire(const kvx_wire_layout *w, kvl_layout *l);
+mls_status kvx_status_from_ucs(ucs_status_t st);
+
+/* kvx_recv.c */
+void kvx_recv_register_handlers(kvx_ctx *ctx);
+ucs_status_t kvx_recv_am(kvx_ctx *ctx, unsigned id, const void *header, size_t header_length,
+                         void *data, size_t length, const ucp_am_recv_param_t *param);
+void kvx_recv_peer_failed(kvx_peer *peer);
+void kvx_recv_lease_tick(kvx_ctx *ctx, uint64_t now_ns);
+void kvx_recv_recv_done(kvx_sop *sop, ucs_status_t status);
+void kvx_recv_destroy(kvx_ctx *ctx, bool force);
+void kvx_listener_conn_cb(ucp_conn_request_h conn_request, void *arg);
+
+/* kvx_send.c */
+void kvx_send_process_op(kvx_ctx *ctx, kvx_op *op);
+ucs_status_t kvx_send_am(kvx_ctx *ctx, unsigned id, const void *header, size_t header_length,
+                         void *data, size_t length, const ucp_am_recv_param_t *param);
+void kvx_send_peer_failed(kvx_peer *peer);
+void kvx_send_sop_done(kvx_sop *sop, ucs_status_t status);
+void kvx_send_destroy(kvx_ctx *ctx, bool force);
+void kvx_send_tick(kvx_ctx *ctx, uint64_t now_ns);
+void kvx_req_unref(kvx_req *req);
+void kvx_req_fail(kvx_req *req, mls_status st, const char *why);
+void kvx_req_try_progress(kvx_req *req);
+
+/* kvx_path.c */
+mls_status kvx_req_issue_rows(kvx_req *req, uint32_t layer, uint32_t tok_begin, uint32_t n_tokens,
+                              const uint8_t *rows);
+kvx_path kvx_path_probe(kvx_peer *peer);
+
+#endif
