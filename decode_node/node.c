@@ -758,7 +758,8 @@ static void node_close_walk(uv_handle_t *h, void *arg)
     }
 }
 
-static mls_status node_setup_engine(mls_node *n, mls_err *err)
+/* The model and the KV layout it implies. */
+static mls_status node_setup_model(mls_node *n, mls_err *err)
 {
     const eng_config *c;
     eng_load_opts opts = {.progress = false};
@@ -769,45 +770,69 @@ static mls_status node_setup_engine(mls_node *n, mls_err *err)
     }
     c = eng_model_config(n->model);
     if ((st = kvl_layout_init(n->cfg.kv_dtype, (uint32_t)c->kv_lora_rank, (uint32_t)c->qk_rope_head_dim,
-                              eng_model_fingerprint(n->model), &n->layout)) != MLS_OK ||
-        (st = eng_kv_pool_create(&n->layout, c->num_hidden_layers, n->cfg.kv_pages, &n->pool)) != MLS_OK ||
-        (st = eng_ctx_create(n->model, n->pool, n->cfg.threads, &n->ctx)) != MLS_OK) {
-        mls_err_set(err, "cannot create a KV pool of %u pages: %s", n->cfg.kv_pages, mls_status_message(st));
-        return st;
+                              eng_model_fingerprint(n->model), &n->layout)) != MLS_OK) {
+        mls_err_set(err, "the model's latent shape does not fit the KV layout");
     }
-    eng_ctx_set_chunk(n->ctx, n->cfg.prefill_chunk);
-    return MLS_OK;
+    return st;
 }
 
-static mls_status node_setup_transport(mls_node *n, mls_err *err)
+/*
+ * The transport, then the KV pool: a decode node's pool lives in memory the
+ * transport allocates (so shared-memory peers can put into it directly) and
+ * is registered once; other roles keep a private pool.
+ */
+static mls_status node_setup_transport_and_pool(mls_node *n, mls_err *err)
 {
     const eng_config *c = eng_model_config(n->model);
+    uint32_t n_layers = (uint32_t)c->num_hidden_layers;
     kvx_config xc = {0};
     mls_status st;
 
-    if (n->cfg.role == MLS_NODE_ROLE_COLOCATED) {
-        return MLS_OK;
-    }
-    xc.loop = &n->loop;
-    xc.layout = n->layout;
-    xc.n_layers = (uint32_t)c->num_hidden_layers;
-    xc.path = strcmp(n->cfg.kvx_path, "rma") == 0 ? KVX_PATH_RMA
-              : strcmp(n->cfg.kvx_path, "am") == 0 ? KVX_PATH_AM : KVX_PATH_AUTO;
-    if ((st = kvx_ctx_create(&xc, &n->kvx, err)) != MLS_OK) {
-        return st;
+    if (n->cfg.role != MLS_NODE_ROLE_COLOCATED) {
+        xc.loop = &n->loop;
+        xc.layout = n->layout;
+        xc.n_layers = n_layers;
+        xc.path = strcmp(n->cfg.kvx_path, "rma") == 0  ? KVX_PATH_RMA
+                  : strcmp(n->cfg.kvx_path, "am") == 0 ? KVX_PATH_AM
+                                                       : KVX_PATH_AUTO;
+        if ((st = kvx_ctx_create(&xc, &n->kvx, err)) != MLS_OK) {
+            return st;
+        }
     }
     if (n->cfg.role == MLS_NODE_ROLE_DECODE) {
-        void *bases[KVX_MAX_LAYERS];
+        uint8_t *bases[KVX_MAX_LAYERS];
+        uint64_t bytes = (uint64_t)n->cfg.kv_pages * n->layout.page_bytes;
         uint16_t port;
-        for (int32_t l = 0; l < c->num_hidden_layers; l++) {
-            bases[l] = eng_kv_pool_layer_base(n->pool, l);
+        if (n_layers > KVX_MAX_LAYERS) {
+            mls_err_set(err, "%u layers: the transport handles at most %u", n_layers, KVX_MAX_LAYERS);
+            return MLS_ERR_UNSUPPORTED;
         }
-        if ((st = kvx_pool_register(n->kvx, KVX_MEM_HOST, bases, eng_kv_pool_pages_total(n->pool), err)) != MLS_OK ||
+        for (uint32_t l = 0; l < n_layers; l++) {
+            void *mem;
+            if ((st = kvx_pool_alloc(n->kvx, KVX_MEM_HOST, bytes, &mem, err)) != MLS_OK) {
+                return st;
+            }
+            bases[l] = mem;
+        }
+        if ((st = eng_kv_pool_create_external(&n->layout, (int32_t)n_layers, n->cfg.kv_pages, bases,
+                                              &n->pool)) != MLS_OK ||
+            (st = kvx_pool_register(n->kvx, KVX_MEM_HOST, (void *const *)bases, n->cfg.kv_pages, err)) != MLS_OK ||
             (st = kvx_listen(n->kvx, n->cfg.listen_host, 0, &port, err)) != MLS_OK) {
+            if (err->msg[0] == '\0') {
+                mls_err_set(err, "cannot set up the KV pool: %s", mls_status_message(st));
+            }
             return st;
         }
         snprintf(n->xfer_addr, sizeof(n->xfer_addr), "%s:%u", n->cfg.listen_host, port);
+    } else if ((st = eng_kv_pool_create(&n->layout, (int32_t)n_layers, n->cfg.kv_pages, &n->pool)) != MLS_OK) {
+        mls_err_set(err, "cannot create a KV pool of %u pages: %s", n->cfg.kv_pages, mls_status_message(st));
+        return st;
     }
+    if ((st = eng_ctx_create(n->model, n->pool, n->cfg.threads, &n->ctx)) != MLS_OK) {
+        mls_err_set(err, "cannot create the compute context: %s", mls_status_message(st));
+        return st;
+    }
+    eng_ctx_set_chunk(n->ctx, n->cfg.prefill_chunk);
     return MLS_OK;
 }
 
@@ -839,12 +864,12 @@ int mls_node_main(const mls_node_config *cfg)
         snprintf(n->model_name, sizeof(n->model_name), "%s",
                  cfg->model_name ? cfg->model_name : (base && base[1] ? base + 1 : cfg->model_dir));
     }
-    if ((st = node_setup_engine(n, &err)) != MLS_OK) {
+    if ((st = node_setup_model(n, &err)) != MLS_OK) {
         fprintf(stderr, "mlaserve-%s: %s\n", node_role_name(cfg->role), err.msg);
         goto out;
     }
-    if ((st = node_setup_transport(n, &err)) != MLS_OK) {
-        fprintf(stderr, "mlaserve-%s: transport: %s\n", node_role_name(cfg->role), err.msg);
+    if ((st = node_setup_transport_and_pool(n, &err)) != MLS_OK) {
+        fprintf(stderr, "mlaserve-%s: %s\n", node_role_name(cfg->role), err.msg);
         goto out;
     }
     mls_http_config_default(&hc);
@@ -892,8 +917,11 @@ out_loop:
         mls_http_server_shutdown(n->http);
     }
     if (n->kvx != NULL) {
-        kvx_ctx_destroy(n->kvx);
+        kvx_ctx_destroy(n->kvx); /* fails what is open: its callbacks free those jobs */
         n->kvx = NULL;
+        for (node_job *j = n->jobs; j != NULL; j = j->next_reg) {
+            j->xreq = NULL; /* request handles died with the context */
+        }
     }
     uv_walk(&n->loop, node_close_walk, NULL);
     uv_run(&n->loop, UV_RUN_DEFAULT);
@@ -901,11 +929,11 @@ out_loop:
         node_job_free(n, n->jobs);
     }
 out:
+    eng_ctx_destroy(n->ctx);
+    eng_kv_pool_destroy(n->pool); /* a decode pool's memory is the transport's: freed below */
     if (n->kvx != NULL) {
         kvx_ctx_destroy(n->kvx);
     }
-    eng_ctx_destroy(n->ctx);
-    eng_kv_pool_destroy(n->pool);
     eng_model_destroy(n->model);
     uv_loop_close(&n->loop);
     free(n);

@@ -65,6 +65,7 @@ struct eng_kv_pool {
     int32_t n_layers;
     uint32_t n_pages;
     uint8_t **layer_base;      /* [n_layers] each n_pages * page_bytes */
+    bool owns_memory;          /* false: layer memory belongs to the caller */
     uint64_t layer_bytes;
     pthread_mutex_t lock;
     uint32_t *free_list;       /* [n_pages] stack of free page ids */

@@ -12,8 +12,8 @@
 #include "mls_alloc.h"
 #include "mls_log.h"
 
-mls_status eng_kv_pool_create(const kvl_layout *layout, int32_t n_layers, uint32_t n_pages,
-                              eng_kv_pool **pool_p)
+static mls_status eng_kv_pool_new(const kvl_layout *layout, int32_t n_layers, uint32_t n_pages,
+                                  uint8_t *const *bases, eng_kv_pool **pool_p)
 {
     eng_kv_pool *pool;
     int32_t l;
@@ -34,8 +34,9 @@ mls_status eng_kv_pool_create(const kvl_layout *layout, int32_t n_layers, uint32
     if (pool->layer_base == NULL || pool->free_list == NULL) {
         goto err_free_tables;
     }
+    pool->owns_memory = bases == NULL;
     for (l = 0; l < n_layers; l++) {
-        pool->layer_base[l] = mls_alloc(MLS_ALLOC_TAG_KV_POOL, pool->layer_bytes);
+        pool->layer_base[l] = bases ? bases[l] : mls_alloc(MLS_ALLOC_TAG_KV_POOL, pool->layer_bytes);
         if (pool->layer_base[l] == NULL) {
             goto err_free_layers;
         }
@@ -50,7 +51,7 @@ mls_status eng_kv_pool_create(const kvl_layout *layout, int32_t n_layers, uint32
     return MLS_OK;
 
 err_free_layers:
-    while (l-- > 0) {
+    while (pool->owns_memory && l-- > 0) {
         mls_free(MLS_ALLOC_TAG_KV_POOL, pool->layer_base[l], pool->layer_bytes);
     }
 err_free_tables:
@@ -60,12 +61,27 @@ err_free_tables:
     return MLS_ERR_NO_MEMORY;
 }
 
+mls_status eng_kv_pool_create(const kvl_layout *layout, int32_t n_layers, uint32_t n_pages,
+                              eng_kv_pool **pool_p)
+{
+    return eng_kv_pool_new(layout, n_layers, n_pages, NULL, pool_p);
+}
+
+mls_status eng_kv_pool_create_external(const kvl_layout *layout, int32_t n_layers, uint32_t n_pages,
+                                       uint8_t *const *bases, eng_kv_pool **pool_p)
+{
+    if (bases == NULL) {
+        return MLS_ERR_INVALID_ARG;
+    }
+    return eng_kv_pool_new(layout, n_layers, n_pages, bases, pool_p);
+}
+
 void eng_kv_pool_destroy(eng_kv_pool *pool)
 {
     if (pool == NULL) {
         return;
     }
-    for (int32_t l = 0; l < pool->n_layers; l++) {
+    for (int32_t l = 0; pool->owns_memory && l < pool->n_layers; l++) {
         mls_free(MLS_ALLOC_TAG_KV_POOL, pool->layer_base[l], pool->layer_bytes);
     }
     pthread_mutex_destroy(&pool->lock);

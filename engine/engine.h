@@ -56,6 +56,11 @@ typedef struct eng_kv_pool eng_kv_pool;
 /* n_pages pages per layer, for n_layers layers, in `layout`. */
 mls_status eng_kv_pool_create(const kvl_layout *layout, int32_t n_layers, uint32_t n_pages,
                               eng_kv_pool **pool_p);
+/* The same over caller-owned memory: bases[l] holds n_pages * layout->page_bytes
+ * bytes for layer l (e.g. memory the transport allocated so peers can write it
+ * directly). The pool never frees it; it must outlive the pool. */
+mls_status eng_kv_pool_create_external(const kvl_layout *layout, int32_t n_layers, uint32_t n_pages,
+                                       uint8_t *const *bases, eng_kv_pool **pool_p);
 void eng_kv_pool_destroy(eng_kv_pool *pool); /* accepts NULL */
 const kvl_layout *eng_kv_pool_layout(const eng_kv_pool *pool);
 int32_t eng_kv_pool_layers(const eng_kv_pool *pool);
