@@ -12,8 +12,11 @@
  *   GEMV (decode projections, weights larger than LLC): bandwidth fraction.
  *   GEMM (prefill, 512 tokens): GFLOP/s and fraction of the FMA peak.
  *
- * Every figure is min / median / max over --reps runs. --json prints one
- * JSON object with the same content.
+ * Every figure is min / median / max over --reps runs. Bandwidth ratios
+ * divide by a read-bandwidth probe taken right before and after each case
+ * (their mean), so that a shared, noisy machine whose load changes during the
+ * run still compares like with like; the run-wide figures head the report.
+ * --json prints one JSON object with the same content.
  */
 #include <getopt.h>
 #include <math.h>
@@ -92,6 +95,14 @@ static void bk_json_item_begin(bk_ctx *c)
     c->first_item = 0;
 }
 
+/* Read bandwidth right now (bytes/s): a short probe over a buffer larger than
+ * the last-level cache; falls back to the run-wide figure if it fails. */
+static double bk_probe_bw(const bk_ctx *c)
+{
+    double bw = kc_measure_read_bandwidth(c->pool, 64u << 20, 2);
+    return bw > 0 ? bw : c->bw;
+}
+
 /* ---- MLA decode ------------------------------------------------------------------ */
 
 typedef struct {
@@ -113,7 +124,7 @@ static int bk_mla_run(bk_ctx *c, const bk_mla_case *mc)
     void *ws = NULL;
     int64_t pages_per_seq = (mc->context + 63) / 64, n_pages = pages_per_seq * mc->batch;
     int64_t nq = (int64_t)mc->batch * mc->heads;
-    double t[BK_MAX_REPS], kv_bytes, q_bytes, flops, intensity;
+    double t[BK_MAX_REPS], kv_bytes, q_bytes, flops, intensity, probe_bw;
     int rc = 1, iters;
 
     if (kvl_layout_init(mc->dtype, R, D, 0, &l) != MLS_OK) {
@@ -189,6 +200,7 @@ static int bk_mla_run(bk_ctx *c, const bk_mla_case *mc)
         iters = iters < 1 ? 1 : (iters > 1000 ? 1000 : iters);
     }
     kc_mla_attention(c->pool, &p, ws); /* warm */
+    probe_bw = bk_probe_bw(c);
     for (int r = 0; r < c->o.reps; r++) {
         double t0 = mls_now_s();
         for (int i = 0; i < iters; i++) {
@@ -196,13 +208,14 @@ static int bk_mla_run(bk_ctx *c, const bk_mla_case *mc)
         }
         t[r] = (mls_now_s() - t0) / iters;
     }
+    probe_bw = 0.5 * (probe_bw + bk_probe_bw(c));
     {
         bk_stat ts = bk_stats(t, c->o.reps);
         /* rates: fastest time gives the max rate */
         bk_stat bw = {(kv_bytes + q_bytes) / ts.max, (kv_bytes + q_bytes) / ts.med,
                       (kv_bytes + q_bytes) / ts.min};
         bk_stat gf = {flops / ts.max / 1e9, flops / ts.med / 1e9, flops / ts.min / 1e9};
-        bk_stat ratio = bk_scale(bw, 1.0 / c->bw);
+        bk_stat ratio = bk_scale(bw, 1.0 / probe_bw);
         bk_stat peak_ratio = bk_scale(gf, 1e9 / c->peak);
         const char *bound = intensity > c->peak / c->bw ? "compute" : "memory";
         if (c->o.json) {
@@ -214,15 +227,16 @@ static int bk_mla_run(bk_ctx *c, const bk_mla_case *mc)
             bk_json_stat(c->out, "time_ms", bk_scale(ts, 1e3), 0);
             bk_json_stat(c->out, "bandwidth_gbs", bk_scale(bw, 1e-9), 0);
             bk_json_stat(c->out, "bandwidth_ratio", ratio, 0);
+            fprintf(c->out, "\"probe_bandwidth_gbs\": %.6g, ", probe_bw * 1e-9);
             bk_json_stat(c->out, "gflops", gf, 0);
             bk_json_stat(c->out, "peak_flops_ratio", peak_ratio, 1);
             fprintf(c->out, "}");
         } else {
-            printf("  %-4s %4d %7d %5d %9.3f  %5.1f %5.1f %5.1f  %4.2f %4.2f %4.2f  "
+            printf("  %-4s %4d %7d %5d %9.3f  %5.1f %5.1f %5.1f  %4.2f %4.2f %4.2f %5.1f  "
                    "%6.1f %6.1f %6.1f  %4.2f %7.1f  %s\n",
                    kvl_dtype_name(mc->dtype), mc->heads, mc->context, mc->batch, ts.med * 1e3,
                    bw.min / 1e9, bw.med / 1e9, bw.max / 1e9, ratio.min, ratio.med, ratio.max,
-                   gf.min, gf.med, gf.max, peak_ratio.med, intensity, bound);
+                   probe_bw / 1e9, gf.min, gf.med, gf.max, peak_ratio.med, intensity, bound);
         }
     }
     rc = 0;
@@ -248,7 +262,7 @@ static int bk_matmul_run(bk_ctx *c, kc_dtype dt, int64_t rows, int64_t cols, int
     uint8_t *data = malloc(wbytes);
     float *scales = malloc((size_t)(srows * scols) * 4);
     float *x = malloc((size_t)(n * cols) * 4), *y = malloc((size_t)(n * rows) * 4);
-    double t[BK_MAX_REPS], bytes, flops, est;
+    double t[BK_MAX_REPS], bytes, flops, est, probe_bw;
     kc_matrix w;
     int iters, rc = 1;
     const char *dname = dt == KC_DTYPE_FP8_E4M3 ? "fp8" : "bf16";
@@ -285,6 +299,7 @@ static int bk_matmul_run(bk_ctx *c, kc_dtype dt, int64_t rows, int64_t cols, int
     iters = (int)ceil((c->o.quick ? 0.01 : 0.05) / est);
     iters = iters < 1 ? 1 : (iters > 10000 ? 10000 : iters);
     kc_matmul(c->pool, &w, x, n, y); /* warm */
+    probe_bw = gemm ? c->bw : bk_probe_bw(c);
     for (int r = 0; r < c->o.reps; r++) {
         double t0 = mls_now_s();
         for (int i = 0; i < iters; i++) {
@@ -292,11 +307,12 @@ static int bk_matmul_run(bk_ctx *c, kc_dtype dt, int64_t rows, int64_t cols, int
         }
         t[r] = (mls_now_s() - t0) / iters;
     }
+    probe_bw = gemm ? c->bw : 0.5 * (probe_bw + bk_probe_bw(c));
     {
         bk_stat ts = bk_stats(t, c->o.reps);
         bk_stat bw = {bytes / ts.max, bytes / ts.med, bytes / ts.min};
         bk_stat gf = {flops / ts.max / 1e9, flops / ts.med / 1e9, flops / ts.min / 1e9};
-        bk_stat ratio = gemm ? bk_scale(gf, 1e9 / c->peak) : bk_scale(bw, 1.0 / c->bw);
+        bk_stat ratio = gemm ? bk_scale(gf, 1e9 / c->peak) : bk_scale(bw, 1.0 / probe_bw);
         if (c->o.json) {
             bk_json_item_begin(c);
             fprintf(c->out, "\"dtype\": \"%s\", \"n\": %lld, \"rows\": %lld, \"cols\": %lld, "
@@ -305,6 +321,9 @@ static int bk_matmul_run(bk_ctx *c, kc_dtype dt, int64_t rows, int64_t cols, int
             bk_json_stat(c->out, "time_ms", bk_scale(ts, 1e3), 0);
             bk_json_stat(c->out, "bandwidth_gbs", bk_scale(bw, 1e-9), 0);
             bk_json_stat(c->out, "gflops", gf, 0);
+            if (!gemm) {
+                fprintf(c->out, "\"probe_bandwidth_gbs\": %.6g, ", probe_bw * 1e-9);
+            }
             bk_json_stat(c->out, gemm ? "peak_flops_ratio" : "bandwidth_ratio", ratio, 1);
             fprintf(c->out, "}");
         } else if (gemm) {
@@ -312,9 +331,10 @@ static int bk_matmul_run(bk_ctx *c, kc_dtype dt, int64_t rows, int64_t cols, int
                    dname, (long long)n, (long long)cols, (long long)rows, ts.med * 1e3, gf.min,
                    gf.med, gf.max, ratio.min, ratio.med, ratio.max);
         } else {
-            printf("  %-4s %5lld x %5lld %7.1f MB %8.3f  %5.1f %5.1f %5.1f  %4.2f %4.2f %4.2f\n",
+            printf("  %-4s %5lld x %5lld %7.1f MB %8.3f  %5.1f %5.1f %5.1f  %4.2f %4.2f %4.2f %5.1f\n",
                    dname, (long long)rows, (long long)cols, bytes / 1e6, ts.med * 1e3,
-                   bw.min / 1e9, bw.med / 1e9, bw.max / 1e9, ratio.min, ratio.med, ratio.max);
+                   bw.min / 1e9, bw.med / 1e9, bw.max / 1e9, ratio.min, ratio.med, ratio.max,
+                   probe_bw / 1e9);
         }
     }
     rc = 0;
@@ -443,8 +463,9 @@ int mls_cmd_bench_kernels(int argc, char **argv)
         printf("peak f32 FMA           %.1f / %.1f / %.1f GFLOP/s\n", pk.min / 1e9, pk.med / 1e9,
                pk.max / 1e9);
         printf("machine balance        %.1f FLOP/byte (above: compute-bound)\n\n", c.peak / c.bw);
+        printf("bw ratio: achieved / read bandwidth probed around each case (probe GB/s shown)\n\n");
         printf("MLA decode attention (R=512, D=64, 1 query per sequence)\n");
-        printf("  kv   heads context batch   med ms   GB/s min/med/max   bw ratio         "
+        printf("  kv   heads context batch   med ms   GB/s min/med/max   bw ratio     probe  "
                "GFLOP/s min/med/max  peak  FLOP/B  bound\n");
     }
     rc = 0;
@@ -459,7 +480,7 @@ int mls_cmd_bench_kernels(int argc, char **argv)
         printf("\n ],\n \"gemv\": [");
     } else {
         printf("\nGEMV (n=1; weights streamed once)\n");
-        printf("  w     rows x  cols    bytes     med ms   GB/s min/med/max   bw ratio\n");
+        printf("  w     rows x  cols    bytes     med ms   GB/s min/med/max   bw ratio     probe\n");
     }
     c.first_item = 1;
     if (rc == 0) {

@@ -18,6 +18,47 @@
 /* Rows of the MLA tile a unit decodes at a time (a page holds 64). */
 #define KC_MLA_BLOCK 32
 
+/* The fused few-heads MLA path (kc_ops.mla_few): at most KC_MLA_FEW_QV query
+ * vectors (heads x queries) per unit. kc_mla_attention takes it up to
+ * KC_MLA_FEW_AUTO_BF16 / _FP8 of them; beyond that, decoding a tile once and
+ * reusing it for every vector wins (measured on Zen 4). Rows are consumed
+ * KC_MLA_FEW_ROWS at a time (a divisor of a page), each block's rows
+ * prefetched KC_MLA_FEW_PF rows ahead (one page: measured best on Zen 4
+ * among 0/32/64/128). */
+#define KC_MLA_FEW_QV        4
+#define KC_MLA_FEW_AUTO_BF16 4 /* f32 and bf16 rows */
+#define KC_MLA_FEW_AUTO_FP8  2
+#define KC_MLA_FEW_ROWS      16
+#define KC_MLA_FEW_PF        64
+
+/* Tests: -1 (default) chooses the MLA path by the rule above; 0 never takes
+ * the fused path; 1..KC_MLA_FEW_QV takes it up to that many query vectors. */
+extern int kc_mla_few_force;
+
+/* Floats of scratch mla_few needs (64-byte aligned start):
+ * permuted queries, permuted output, scores, fp8 scaled probabilities. */
+#define KC_MLA_FEW_SCRATCH(nqv, R, D) \
+    ((size_t)(nqv) * ((R) + (D) + 16) + (size_t)(nqv) * ((R) + 16) + \
+     (size_t)(nqv) * KC_MLA_FEW_ROWS * (2 + ((R) + 127) / 128) + 64)
+
+/* One unit of the fused path: rows [r0, r1) of one sequence against n_qv
+ * consecutive query vectors, with an online softmax (m, l) whose unnormalised
+ * output o the caller normalises or combines. */
+typedef struct {
+    const kvl_layout *layout;
+    const uint8_t *kv_base;      /* layer pool; page p at kv_base + p*page_bytes */
+    const uint32_t *page_table;  /* the sequence's pages */
+    int64_t r0, r1;              /* cache rows; r0 % KVL_PAGE_TOKENS == 0 */
+    int n_qv;                    /* 1..KC_MLA_FEW_QV */
+    const float *q_latent;       /* [n_qv, R] */
+    const float *q_rope;         /* [n_qv, D] */
+    float softmax_scale;
+    const int64_t *last;         /* [n_qv] last row each vector may see (>= r0 for one) */
+    float *scratch;              /* KC_MLA_FEW_SCRATCH(n_qv, R, D) floats, 64-byte aligned */
+    float *o;                    /* out [n_qv, R] (row stride R): sum_t e^(s_t - m) latent_t */
+    float *m, *l;                /* out [n_qv]: running max, sum of e^(s_t - m) */
+} kc_mla_few_args;
+
 /* Independent FMA chains in the peak-FLOP loop. */
 #define KC_FMA_CHAINS 12
 
@@ -40,6 +81,8 @@ typedef struct kc_ops {
     /* o[q, :r] (stride ldo) += p[q, :n_t] . tile[:n_t, :r]. */
     void (*mla_pv)(const float *p, int64_t ldp, int64_t n_q, const float *tile, int64_t ldt,
                    int64_t n_t, int64_t r, float *o, int64_t ldo);
+    /* The fused path: decodes rows in registers straight from the pages. */
+    void (*mla_few)(const kc_mla_few_args *a);
     /* s[t] = exp(s[t] - m) for t < n; returns the sum. */
     float (*exp_sum)(float *s, int64_t n, float m);
     /* x[i] *= a for i < n. */

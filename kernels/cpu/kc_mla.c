@@ -11,6 +11,13 @@
  * with log-sum-exp weights. Causality: query i of a sequence with n_q queries
  * and kv_len rows sees rows [0, kv_len - n_q + i].
  *
+ * A sequence with few query vectors (n_q x heads up to KC_MLA_FEW_AUTO_*:
+ * decode with few heads, memory-bound) takes the fused path instead (ops->mla_few:
+ * rows decoded in registers straight from the pages, no tile), one unit per
+ * context chunk holding all of its queries; more query vectors per row make
+ * the work compute-bound, where decoding a tile once and reusing it for up to
+ * KC_MLA_QVEC vectors pays.
+ *
  * The workspace holds the unit list, per-thread scratch and the partials;
  * kc_mla_workspace_size runs the same planning without writing.
  */
@@ -30,6 +37,7 @@ typedef struct {
     int32_t r0, r1;      /* cache rows [r0, r1) */
     int32_t chunk;       /* index of this chunk within its (seq, query block) */
     int32_t n_chunks;    /* chunks of its (seq, query block); > 1 means partials */
+    int32_t few;         /* 1: the fused few-query-vector path */
     int64_t part;        /* partial slot, or -1 when the unit writes out directly */
 } kc_mla_unit;
 
@@ -45,9 +53,25 @@ static size_t kc_align64(size_t x)
     return (x + 63) & ~(size_t)63;
 }
 
-static int64_t kc_mla_qblock(const kc_mla_params *p)
+int kc_mla_few_force = -1;
+
+/* Whether sequence sq takes the fused few-query-vector path. */
+static int kc_mla_seq_few(const kc_mla_params *p, const kc_mla_seq *sq)
+{
+    int64_t lim = p->layout->dtype == KVL_DTYPE_FP8 ? KC_MLA_FEW_AUTO_FP8 : KC_MLA_FEW_AUTO_BF16;
+    if (kc_mla_few_force >= 0) {
+        lim = kc_mla_few_force < KC_MLA_FEW_QV ? kc_mla_few_force : KC_MLA_FEW_QV;
+    }
+    return (int64_t)sq->n_q * p->n_heads <= lim;
+}
+
+/* Queries per unit of sequence sq. */
+static int64_t kc_mla_qblock(const kc_mla_params *p, const kc_mla_seq *sq)
 {
     int64_t q = KC_MLA_QVEC / p->n_heads;
+    if (kc_mla_seq_few(p, sq)) {
+        return sq->n_q < 1 ? 1 : sq->n_q;
+    }
     return q < 1 ? 1 : q;
 }
 
@@ -57,11 +81,12 @@ static void kc_mla_make_plan(int n_threads, const kc_mla_params *p, kc_mla_unit 
 {
     const kvl_layout *l = p->layout;
     int64_t R = l->kv_lora_rank, D = l->rope_dim, H = p->n_heads;
-    int64_t qblk = kc_mla_qblock(p), work = 0, chunk_pages;
+    int64_t qblk, work = 0, chunk_pages;
     int64_t nu = 0, np = 0, qmax = 1;
 
     for (int32_t s = 0; s < p->n_seqs; s++) {
         const kc_mla_seq *sq = &p->seqs[s];
+        qblk = kc_mla_qblock(p, sq);
         for (int64_t qa = 0; qa < sq->n_q; qa += qblk) {
             int64_t qb = qa + qblk < sq->n_q ? qa + qblk : sq->n_q;
             int64_t vis = sq->kv_len - sq->n_q + qb;
@@ -77,6 +102,8 @@ static void kc_mla_make_plan(int n_threads, const kc_mla_params *p, kc_mla_unit 
     }
     for (int32_t s = 0; s < p->n_seqs; s++) {
         const kc_mla_seq *sq = &p->seqs[s];
+        int few = kc_mla_seq_few(p, sq);
+        qblk = kc_mla_qblock(p, sq);
         for (int64_t qa = 0; qa < sq->n_q; qa += qblk) {
             int64_t qb = qa + qblk < sq->n_q ? qa + qblk : sq->n_q;
             int64_t vis = sq->kv_len - sq->n_q + qb;
@@ -96,6 +123,7 @@ static void kc_mla_make_plan(int n_threads, const kc_mla_params *p, kc_mla_unit 
                     u->chunk = (int32_t)c;
                     u->n_chunks = (int32_t)nch;
                     u->part = nch > 1 ? np : -1;
+                    u->few = few;
                 }
                 nu++;
                 np += nch > 1;
@@ -113,6 +141,9 @@ static void kc_mla_make_plan(int n_threads, const kc_mla_params *p, kc_mla_unit 
                        kc_align64((size_t)(qmax * KC_MLA_BLOCK) * 4) +     /* scores */
                        kc_align64((size_t)qmax * 2 * 4) +                  /* m, l */
                        kc_align64(KC_MLA_BLOCK * sizeof(void *));          /* row pointers */
+    if (pl->thread_bytes < kc_align64(KC_MLA_FEW_SCRATCH(KC_MLA_FEW_QV, R, D) * 4)) {
+        pl->thread_bytes = kc_align64(KC_MLA_FEW_SCRATCH(KC_MLA_FEW_QV, R, D) * 4);
+    }
     pl->parts_off = pl->thread_off + pl->thread_bytes * (size_t)n_threads;
     pl->part_floats = (size_t)(qmax * R + 2 * qmax);
     pl->total = pl->parts_off + (size_t)np * pl->part_floats * 4 + 64;
@@ -152,6 +183,43 @@ typedef struct {
     uint8_t *ws;
 } kc_mla_job;
 
+/* A unit of the fused path: o is its output (out, or the partial `part`). */
+static void kc_mla_unit_few(const kc_mla_job *j, const kc_mla_unit *u, float *o, float *part)
+{
+    const kc_mla_params *p = j->p;
+    const kc_mla_seq *sq = &p->seqs[u->seq];
+    int64_t R = p->layout->kv_lora_rank, D = p->layout->rope_dim, H = p->n_heads;
+    int64_t Q = (int64_t)(u->qb - u->qa) * H, q0 = (sq->q_index + u->qa) * H;
+    int64_t last[KC_MLA_FEW_QV];
+    float m[KC_MLA_FEW_QV], lsum[KC_MLA_FEW_QV];
+    kc_mla_few_args a;
+
+    for (int64_t i = 0; i < Q; i++) {
+        last[i] = (int64_t)sq->kv_len - sq->n_q + u->qa + i / H;
+    }
+    a.layout = p->layout;
+    a.kv_base = p->kv_base;
+    a.page_table = sq->page_table;
+    a.r0 = u->r0;
+    a.r1 = u->r1;
+    a.n_qv = (int)Q;
+    a.q_latent = p->q_latent + q0 * R;
+    a.q_rope = p->q_rope + q0 * D;
+    a.softmax_scale = p->softmax_scale;
+    a.last = last;
+    a.scratch = (float *)(j->ws + j->pl->thread_off +
+                          j->pl->thread_bytes * (size_t)kc_pool_thread_index());
+    a.o = o;
+    a.m = part != NULL ? part + j->pl->qmax * R : m;
+    a.l = part != NULL ? part + j->pl->qmax * R + j->pl->qmax : lsum;
+    j->ops->mla_few(&a);
+    if (part == NULL) {
+        for (int64_t i = 0; i < Q; i++) {
+            j->ops->scale(o + i * R, R, 1.0f / lsum[i]);
+        }
+    }
+}
+
 static void kc_mla_unit_run(void *ctx, int task, int n_tasks)
 {
     const kc_mla_job *j = ctx;
@@ -178,6 +246,10 @@ static void kc_mla_unit_run(void *ctx, int task, int n_tasks)
         o = part;
     } else {
         o = p->out + q0 * R;
+    }
+    if (u->few) {
+        kc_mla_unit_few(j, u, o, part);
+        return;
     }
     for (int64_t i = 0; i < Q; i++) {
         float *qr = qcat + i * ldk;

@@ -236,10 +236,27 @@ void kc_pool_run(kc_pool *pool, kc_task_fn fn, void *ctx, int n_tasks)
 
 static __thread void *kc_scratch_ptr[KC_SCRATCH_SLOTS];
 static __thread size_t kc_scratch_size[KC_SCRATCH_SLOTS];
+static pthread_key_t kc_scratch_key;
+static pthread_once_t kc_scratch_key_once = PTHREAD_ONCE_INIT;
+
+/* Any thread that took scratch (pool workers and callers alike) gives it
+ * back when it exits. */
+static void kc_scratch_at_exit(void *unused)
+{
+    (void)unused;
+    kc_scratch_release();
+}
+
+static void kc_scratch_key_init(void)
+{
+    pthread_key_create(&kc_scratch_key, kc_scratch_at_exit);
+}
 
 void *kc_scratch_get(int slot, size_t bytes)
 {
     if (bytes > kc_scratch_size[slot]) {
+        pthread_once(&kc_scratch_key_once, kc_scratch_key_init);
+        pthread_setspecific(kc_scratch_key, (void *)1);
         void *p = NULL;
         size_t sz = bytes + bytes / 4 + 4096;
         sz = (sz + 63) & ~(size_t)63;

@@ -76,6 +76,46 @@ KC_DEFINE_MM_TILE(kc_mm_tile_fp8, uint8_t, kc_fp8_load_f32bits, s_load_fp8)
 #else
 KC_DEFINE_MM_TILE(kc_mm_tile_fp8, uint8_t, v_load_fp8, s_load_fp8)
 #endif
+/* fp8 codes decoded raw (e4m3 * 2^-120, no float op) against x scaled by
+ * another 2^112: the GEMV's cheapest decode, used where that cannot overflow. */
+KC_DEFINE_MM_TILE(kc_mm_tile_fp8raw, uint8_t, v_load_fp8_raw, s_load_fp8_raw)
+
+/* Multiplies xs[0:n] by 2^112 and returns 1 when every |xs| < 2^14 (so the
+ * raw fp8 decode can be used); else leaves xs alone and returns 0. */
+static int kc_fp8_x_to_raw(float *xs, int64_t n)
+{
+    V mx = v_zero();
+    float m = 0.0f;
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL) {
+        V v = v_load(xs + i);
+        mx = v_max(mx, v_max(v, v_mul(v, v_set1(-1.0f))));
+    }
+    for (; i < n; i++) {
+        m = fabsf(xs[i]) > m ? fabsf(xs[i]) : m;
+    }
+    m = v_reduce_max(mx) > m ? v_reduce_max(mx) : m;
+    if (!(m < 0x1p14f)) {
+        return 0;
+    }
+    for (i = 0; i + VL <= n; i += VL) {
+        v_store(xs + i, v_mul(v_load(xs + i), v_set1(0x1p112f)));
+    }
+    for (; i < n; i++) {
+        xs[i] *= 0x1p112f;
+    }
+    return 1;
+}
+
+/* A TILE call, or its raw-fp8 twin TILE2 when raw is set. */
+#define KC_MM_CALL(TILE, TILE2, raw, ...) \
+    do {                                 \
+        if (raw) {                       \
+            TILE2(__VA_ARGS__);          \
+        } else {                         \
+            TILE(__VA_ARGS__);           \
+        }                                \
+    } while (0)
 
 /* Scaled copy of x for the fp8 row block of view row r: xs[i, c] =
  * x[i, c] * scale(r, c) * 2^8. */
@@ -98,7 +138,7 @@ static void kc_fp8_scale_x(const kc_matrix *w, int64_t r, const float *x, int64_
     }
 }
 
-#define KC_DEFINE_MM_ROWS(NAME, TILE, ET)                                                    \
+#define KC_DEFINE_MM_ROWS(NAME, TILE, TILE2, ET)                                              \
     static void NAME(const kc_matrix *w, const float *x, int64_t n, float *y, int64_t ldy,    \
                      int64_t r_begin, int64_t r_end)                                          \
     {                                                                                         \
@@ -108,14 +148,16 @@ static void kc_fp8_scale_x(const kc_matrix *w, int64_t r, const float *x, int64_
         for (int64_t s0 = r_begin; s0 < r_end;) {                                             \
             int64_t s1 = r_end;                                                               \
             const float *xs = x;                                                              \
+            int raw = 0;                                                                      \
             if (w->dtype == KC_DTYPE_FP8_E4M3) {                                              \
                 int64_t blk_end = ((w->row0 + s0) / KC_FP8_BLOCK + 1) * KC_FP8_BLOCK - w->row0; \
-                float *buf = kc_scratch_get(0, (size_t)(n * k) * sizeof(float));             \
+                float *buf = kc_scratch_get(0, (size_t)(n * k) * sizeof(float));              \
                 s1 = kc_min64(s1, blk_end);                                                   \
                 if (buf == NULL) {                                                            \
                     return; /* out of memory: nothing sane left to do */                      \
                 }                                                                             \
                 kc_fp8_scale_x(w, s0, x, n, buf);                                             \
+                raw = kc_fp8_x_to_raw(buf, n * k);                                            \
                 xs = buf;                                                                     \
             }                                                                                 \
             for (int64_t i0 = 0; i0 < n; i0 += mb) {                                          \
@@ -129,18 +171,38 @@ static void kc_fp8_scale_x(const kc_matrix *w, int64_t r, const float *x, int64_
                         float *yi = y + i * ldy + (r - r_begin);                              \
                         if (nr == KC_NR) {                                                    \
                             switch (mr) {                                                     \
-                            case 4: TILE(4, KC_NR, wr, k, xi, k, k, yi, ldy); break;          \
-                            case 3: TILE(3, KC_NR, wr, k, xi, k, k, yi, ldy); break;          \
-                            case 2: TILE(2, KC_NR, wr, k, xi, k, k, yi, ldy); break;          \
-                            default: TILE(1, KC_NR, wr, k, xi, k, k, yi, ldy); break;         \
+                            case 4:                                                           \
+                                KC_MM_CALL(TILE, TILE2, raw, 4, KC_NR, wr, k, xi, k, k, yi, ldy); \
+                                break;                                                        \
+                            case 3:                                                           \
+                                KC_MM_CALL(TILE, TILE2, raw, 3, KC_NR, wr, k, xi, k, k, yi, ldy); \
+                                break;                                                        \
+                            case 2:                                                           \
+                                KC_MM_CALL(TILE, TILE2, raw, 2, KC_NR, wr, k, xi, k, k, yi, ldy); \
+                                break;                                                        \
+                            default:                                                          \
+                                KC_MM_CALL(TILE, TILE2, raw, 1, KC_NR, wr, k, xi, k, k, yi, ldy); \
+                                break;                                                        \
                             }                                                                 \
                         } else {                                                              \
                             for (int j = 0; j < nr; j++) {                                    \
                                 switch (mr) {                                                 \
-                                case 4: TILE(4, 1, wr + j * k, k, xi, k, k, yi + j, ldy); break; \
-                                case 3: TILE(3, 1, wr + j * k, k, xi, k, k, yi + j, ldy); break; \
-                                case 2: TILE(2, 1, wr + j * k, k, xi, k, k, yi + j, ldy); break; \
-                                default: TILE(1, 1, wr + j * k, k, xi, k, k, yi + j, ldy); break; \
+                                case 4:                                                       \
+                                    KC_MM_CALL(TILE, TILE2, raw, 4, 1, wr + j * k, k, xi, k, k, \
+                                               yi + j, ldy);                                  \
+                                    break;                                                    \
+                                case 3:                                                       \
+                                    KC_MM_CALL(TILE, TILE2, raw, 3, 1, wr + j * k, k, xi, k, k, \
+                                               yi + j, ldy);                                  \
+                                    break;                                                    \
+                                case 2:                                                       \
+                                    KC_MM_CALL(TILE, TILE2, raw, 2, 1, wr + j * k, k, xi, k, k, \
+                                               yi + j, ldy);                                  \
+                                    break;                                                    \
+                                default:                                                      \
+                                    KC_MM_CALL(TILE, TILE2, raw, 1, 1, wr + j * k, k, xi, k, k, \
+                                               yi + j, ldy);                                  \
+                                    break;                                                    \
                                 }                                                             \
                             }                                                                 \
                         }                                                                     \
@@ -151,10 +213,10 @@ static void kc_fp8_scale_x(const kc_matrix *w, int64_t r, const float *x, int64_
         }                                                                                     \
     }
 
-KC_DEFINE_MM_ROWS(kc_mm_rows_f32, kc_mm_tile_f32, float)
-KC_DEFINE_MM_ROWS(kc_mm_rows_bf16, kc_mm_tile_bf16, uint16_t)
-KC_DEFINE_MM_ROWS(kc_mm_rows_f16, kc_mm_tile_f16, uint16_t)
-KC_DEFINE_MM_ROWS(kc_mm_rows_fp8, kc_mm_tile_fp8, uint8_t)
+KC_DEFINE_MM_ROWS(kc_mm_rows_f32, kc_mm_tile_f32, kc_mm_tile_f32, float)
+KC_DEFINE_MM_ROWS(kc_mm_rows_bf16, kc_mm_tile_bf16, kc_mm_tile_bf16, uint16_t)
+KC_DEFINE_MM_ROWS(kc_mm_rows_f16, kc_mm_tile_f16, kc_mm_tile_f16, uint16_t)
+KC_DEFINE_MM_ROWS(kc_mm_rows_fp8, kc_mm_tile_fp8, kc_mm_tile_fp8raw, uint8_t)
 
 static void kc_vec_matmul_rows(const kc_matrix *w, const float *x, int64_t n, float *y,
                                int64_t ldy, int64_t r_begin, int64_t r_end)
@@ -442,6 +504,439 @@ static void kc_vec_scale(float *x, int64_t n, float a)
     }
 }
 
+/* ---- MLA fused few-heads path --------------------------------------------------------
+ *
+ * With few query vectors per cache row (decode with 1..4 heads) attention is
+ * memory-bound: each row is used for a handful of dot products. This path
+ * never writes a decoded tile: rows are loaded 2*VL values at a time and
+ * widened in registers (bf16: shift/mask into even/odd lanes; fp8: raw codes
+ * as e4m3 * 2^-120, with 2^120 and the per-128 scale folded into the query
+ * and score and into the softmax weights), KC_MLA_FEW_ROWS rows per block:
+ * scores of the block (several rows in flight), one online-softmax step,
+ * then O += P.V re-reading the block's rows from L1. Queries and O are kept
+ * in the x2 loads' order (pair order for bf16) and un-permuted once at the
+ * end. */
+
+#define KC_PW (2 * VL) /* elements per x2 load */
+
+KC_AI void v_load_f32x2(const float *p, V *lo, V *hi)
+{
+    *lo = v_load(p);
+    *hi = v_load(p + VL);
+}
+
+/* Rows per score step (loads of q shared by nr rows) and column pairs per
+ * P.V pass for nq query vectors: 8..16 independent accumulators. */
+#define KC_FEW_NR(nq) ((nq) == 1 ? 4 : (VL >= 16 ? 2 : 1))
+#define KC_FEW_NC(nq) ((nq) == 1 ? 4 : ((nq) == 2 ? 2 : 1))
+
+/* x[0:n] to pair order in place: full KC_PW blocks evens then odds, tail kept. */
+static void kc_few_to_pairs(float *x, int64_t n)
+{
+    float tmp[KC_PW];
+    for (int64_t c = 0; c + KC_PW <= n; c += KC_PW) {
+        for (int k = 0; k < VL; k++) {
+            tmp[k] = x[c + 2 * k];
+            tmp[VL + k] = x[c + 2 * k + 1];
+        }
+        memcpy(x + c, tmp, sizeof(tmp));
+    }
+}
+
+/* y[0:n] = x[0:n] back from pair order. */
+static void kc_few_from_pairs(const float *x, int64_t n, float *y)
+{
+    int64_t c = 0;
+    for (; c + KC_PW <= n; c += KC_PW) {
+        for (int k = 0; k < VL; k++) {
+            y[c + 2 * k] = x[c + k];
+            y[c + 2 * k + 1] = x[c + VL + k];
+        }
+    }
+    for (; c < n; c++) {
+        y[c] = x[c];
+    }
+}
+
+/* s[i*lds + j] = qp[i, :K] . row_j[:K] for rows whose K values are one
+ * contiguous run (f32 and bf16 layouts: latent then rope). */
+#define KC_DEFINE_FEW_SCORES(NAME, ET, LOADX2, LOADS)                                        \
+    KC_AI void NAME(int nq, int nr, const float *qp, int64_t ldq, const uint8_t *row0,        \
+                    int64_t rb, int64_t K, float *s, int64_t lds)                             \
+    {                                                                                         \
+        V acc[KC_MLA_FEW_QV][4][2];                                                           \
+        int64_t kk = 0;                                                                       \
+        _Pragma("GCC unroll 8") for (int i = 0; i < nq; i++)                                  \
+            _Pragma("GCC unroll 4") for (int j = 0; j < nr; j++)                              \
+        {                                                                                     \
+            acc[i][j][0] = v_zero();                                                          \
+            acc[i][j][1] = v_zero();                                                          \
+        }                                                                                     \
+        for (; kk + KC_PW <= K; kk += KC_PW) {                                                \
+            V lo[4], hi[4];                                                                   \
+            _Pragma("GCC unroll 4") for (int j = 0; j < nr; j++)                              \
+                LOADX2((const ET *)(row0 + j * rb) + kk, &lo[j], &hi[j]);                     \
+            _Pragma("GCC unroll 8") for (int i = 0; i < nq; i++)                              \
+            {                                                                                 \
+                V q0 = v_load(qp + i * ldq + kk), q1 = v_load(qp + i * ldq + kk + VL);        \
+                _Pragma("GCC unroll 4") for (int j = 0; j < nr; j++)                          \
+                {                                                                             \
+                    acc[i][j][0] = v_fma(q0, lo[j], acc[i][j][0]);                            \
+                    acc[i][j][1] = v_fma(q1, hi[j], acc[i][j][1]);                            \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+        _Pragma("GCC unroll 8") for (int i = 0; i < nq; i++)                                  \
+            _Pragma("GCC unroll 4") for (int j = 0; j < nr; j++)                              \
+        {                                                                                     \
+            float sum = v_reduce_add(v_add(acc[i][j][0], acc[i][j][1]));                      \
+            for (int64_t t = kk; t < K; t++) {                                                \
+                sum += qp[i * ldq + t] * LOADS((const ET *)(row0 + j * rb) + t);              \
+            }                                                                                 \
+            s[i * lds + j] = sum;                                                             \
+        }                                                                                     \
+    }
+
+KC_DEFINE_FEW_SCORES(kc_few_scores_f32, float, v_load_f32x2, s_load_f32)
+KC_DEFINE_FEW_SCORES(kc_few_scores_bf16, uint16_t, v_load_bf16x2, s_load_bf16)
+
+/* The fp8 scale of 128-value block b of a row (as stored: value = e4m3 * scale). */
+KC_AI float kc_few_fp8_scale(const uint8_t *row, const kvl_layout *l, int64_t b)
+{
+    float sc;
+    memcpy(&sc, row + l->scale_offset + 4 * b, 4);
+    return sc;
+}
+
+/* fp8 rows: latent codes decoded raw (e4m3 * 2^-120) against the query's
+ * latent part, which the caller scaled by 2^e_i: each 128 block's dot is
+ * folded into the score with scale * qf[i], qf[i] = 2^(120 - e_i); then the
+ * bf16 rope (pair order, like the query's rope part). */
+KC_AI void kc_few_scores_fp8(int nq, int nr, const float *qp, int64_t ldq, const float *qf,
+                             const uint8_t *row0, int64_t rb, const kvl_layout *l, float *s,
+                             int64_t lds)
+{
+    int64_t R = l->kv_lora_rank, D = l->rope_dim;
+    V tot[KC_MLA_FEW_QV][4];
+    float tail[KC_MLA_FEW_QV][4];
+    int64_t kk;
+    _Pragma("GCC unroll 8") for (int i = 0; i < nq; i++)
+        _Pragma("GCC unroll 4") for (int j = 0; j < nr; j++)
+    {
+        tot[i][j] = v_zero();
+        tail[i][j] = 0.0f;
+    }
+    for (int64_t b0 = 0; b0 < R; b0 += KVL_FP8_TILE) {
+        int64_t b1 = kc_min64(R, b0 + KVL_FP8_TILE);
+        V acc[KC_MLA_FEW_QV][4];
+        float sc[4];
+        _Pragma("GCC unroll 8") for (int i = 0; i < nq; i++)
+            _Pragma("GCC unroll 4") for (int j = 0; j < nr; j++) acc[i][j] = v_zero();
+        for (kk = b0; kk + KC_PW <= b1; kk += KC_PW) {
+            V lo[4], hi[4];
+            _Pragma("GCC unroll 4") for (int j = 0; j < nr; j++)
+                v_load_fp8x2_raw(row0 + j * rb + kk, &lo[j], &hi[j]);
+            _Pragma("GCC unroll 8") for (int i = 0; i < nq; i++) {
+                V q0 = v_load(qp + i * ldq + kk), q1 = v_load(qp + i * ldq + kk + VL);
+                _Pragma("GCC unroll 4") for (int j = 0; j < nr; j++) {
+                    acc[i][j] = v_fma(q0, lo[j], acc[i][j]);
+                    acc[i][j] = v_fma(q1, hi[j], acc[i][j]);
+                }
+            }
+        }
+        _Pragma("GCC unroll 4") for (int j = 0; j < nr; j++)
+            sc[j] = kc_few_fp8_scale(row0 + j * rb, l, b0 / KVL_FP8_TILE);
+        _Pragma("GCC unroll 8") for (int i = 0; i < nq; i++)
+            _Pragma("GCC unroll 4") for (int j = 0; j < nr; j++)
+        {
+            float bt = 0.0f;
+            tot[i][j] = v_fma(acc[i][j], v_set1(sc[j] * qf[i]), tot[i][j]);
+            for (int64_t t = kk; t < b1; t++) {
+                bt += qp[i * ldq + t] * (mls_fp8_e4m3_table()[row0[j * rb + t]] * 0x1p-120f);
+            }
+            tail[i][j] += bt * (sc[j] * qf[i]);
+        }
+    }
+    for (kk = 0; kk + KC_PW <= D; kk += KC_PW) {
+        V lo[4], hi[4];
+        _Pragma("GCC unroll 4") for (int j = 0; j < nr; j++)
+            v_load_bf16x2((const uint16_t *)(row0 + j * rb + l->rope_offset) + kk, &lo[j], &hi[j]);
+        _Pragma("GCC unroll 8") for (int i = 0; i < nq; i++) {
+            V q0 = v_load(qp + i * ldq + R + kk), q1 = v_load(qp + i * ldq + R + kk + VL);
+            _Pragma("GCC unroll 4") for (int j = 0; j < nr; j++) {
+                tot[i][j] = v_fma(q0, lo[j], tot[i][j]);
+                tot[i][j] = v_fma(q1, hi[j], tot[i][j]);
+            }
+        }
+    }
+    _Pragma("GCC unroll 8") for (int i = 0; i < nq; i++)
+        _Pragma("GCC unroll 4") for (int j = 0; j < nr; j++)
+    {
+        float sum = v_reduce_add(tot[i][j]) + tail[i][j];
+        for (int64_t t = kk; t < D; t++) {
+            sum += qp[i * ldq + R + t] *
+                   s_load_bf16((const uint16_t *)(row0 + j * rb + l->rope_offset) + t);
+        }
+        s[i * lds + j] = sum;
+    }
+}
+
+/* op[i, c : c + nc*KC_PW] = alpha[i] * op[...] + sum_t p[i*ldp + t] * row_t[c : ...]
+ * for t < nt (rows at row0 + t*rb; lat = byte offset of the latent values). */
+#define KC_DEFINE_FEW_PV(NAME, ET, LOADX2)                                                   \
+    KC_AI void NAME(int nq, int nc, const float *p, int64_t ldp, const uint8_t *row0,         \
+                    int64_t rb, int nt, int64_t c, const float *alpha, float *op, int64_t ldo) \
+    {                                                                                         \
+        V acc[KC_MLA_FEW_QV][4][2];                                                           \
+        _Pragma("GCC unroll 8") for (int i = 0; i < nq; i++)                                  \
+        {                                                                                     \
+            V a = v_set1(alpha[i]);                                                           \
+            _Pragma("GCC unroll 4") for (int k = 0; k < nc; k++)                              \
+            {                                                                                 \
+                acc[i][k][0] = v_mul(v_load(op + i * ldo + c + k * KC_PW), a);                \
+                acc[i][k][1] = v_mul(v_load(op + i * ldo + c + k * KC_PW + VL), a);           \
+            }                                                                                 \
+        }                                                                                     \
+        for (int t = 0; t < nt; t++) {                                                        \
+            const ET *r = (const ET *)(row0 + t * rb) + c;                                    \
+            V lo[4], hi[4];                                                                   \
+            _Pragma("GCC unroll 4") for (int k = 0; k < nc; k++)                              \
+                LOADX2(r + k * KC_PW, &lo[k], &hi[k]);                                        \
+            _Pragma("GCC unroll 8") for (int i = 0; i < nq; i++)                              \
+            {                                                                                 \
+                V pb = v_set1(p[i * ldp + t]);                                                \
+                _Pragma("GCC unroll 4") for (int k = 0; k < nc; k++)                          \
+                {                                                                             \
+                    acc[i][k][0] = v_fma(pb, lo[k], acc[i][k][0]);                            \
+                    acc[i][k][1] = v_fma(pb, hi[k], acc[i][k][1]);                            \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+        _Pragma("GCC unroll 8") for (int i = 0; i < nq; i++)                                  \
+            _Pragma("GCC unroll 4") for (int k = 0; k < nc; k++)                              \
+        {                                                                                     \
+            v_store(op + i * ldo + c + k * KC_PW, acc[i][k][0]);                              \
+            v_store(op + i * ldo + c + k * KC_PW + VL, acc[i][k][1]);                         \
+        }                                                                                     \
+    }
+
+KC_DEFINE_FEW_PV(kc_few_pv_f32, float, v_load_f32x2)
+KC_DEFINE_FEW_PV(kc_few_pv_bf16, uint16_t, v_load_bf16x2)
+KC_DEFINE_FEW_PV(kc_few_pv_fp8, uint8_t, v_load_fp8x2)
+KC_DEFINE_FEW_PV(kc_few_pv_fp8raw, uint8_t, v_load_fp8x2_raw)
+
+/* One unit of the fused path for nq query vectors (a constant after inlining)
+ * over rows of layout dtype dt. */
+KC_AI void kc_few_run(const kc_mla_few_args *a, const int nq, const kvl_dtype dt)
+{
+    const kvl_layout *l = a->layout;
+    const int T = KC_MLA_FEW_ROWS;
+    int64_t R = l->kv_lora_rank, D = l->rope_dim, K = R + D, rb = l->row_bytes;
+    int64_t ldq = (K + 15) & ~(int64_t)15, ldo = (R + 15) & ~(int64_t)15;
+    int64_t nb = (R + KVL_FP8_TILE - 1) / KVL_FP8_TILE;
+    int64_t rfull = R / KC_PW * KC_PW;
+    float *qp = a->scratch, *op = qp + nq * ldq, *S = op + nq * ldo, *ps = S + nq * T;
+    float m[KC_MLA_FEW_QV], lsum[KC_MLA_FEW_QV], alpha[KC_MLA_FEW_QV], qf[KC_MLA_FEW_QV];
+
+    for (int i = 0; i < nq; i++) {
+        float *q = qp + i * ldq;
+        for (int64_t c = 0; c < R; c++) {
+            q[c] = a->q_latent[i * R + c] * a->softmax_scale;
+        }
+        for (int64_t c = 0; c < D; c++) {
+            q[R + c] = a->q_rope[i * D + c] * a->softmax_scale;
+        }
+        if (dt == KVL_DTYPE_BF16) {
+            kc_few_to_pairs(q, K);
+        } else if (dt == KVL_DTYPE_FP8) {
+            /* latent part times 2^e, e <= 112 keeping it below 2^100, so
+             * that raw codes (e4m3 * 2^-120) give products in normal range */
+            float mx = 0.0f, ldexp2;
+            int x = 0, e;
+            for (int64_t c = 0; c < R; c++) {
+                mx = fabsf(q[c]) > mx ? fabsf(q[c]) : mx;
+            }
+            (void)frexpf(mx, &x);
+            e = mx > 0.0f && 100 - x < 112 ? 100 - x : 112;
+            e = e < 0 ? 0 : e;
+            ldexp2 = ldexpf(1.0f, e); /* exact scaling by a power of two */
+            for (int64_t c = 0; c < R; c++) {
+                q[c] *= ldexp2;
+            }
+            qf[i] = ldexpf(1.0f, 120 - e);
+            kc_few_to_pairs(q + R, D);
+        }
+        memset(op + i * ldo, 0, (size_t)ldo * 4);
+        m[i] = -INFINITY;
+        lsum[i] = 0.0f;
+    }
+
+    for (int64_t t0 = a->r0; t0 < a->r1; t0 += T) {
+        int nt = (int)kc_min64(T, a->r1 - t0);
+        const uint8_t *row0 = a->kv_base +
+                              (uint64_t)a->page_table[t0 / KVL_PAGE_TOKENS] * l->page_bytes +
+                              (uint64_t)(t0 % KVL_PAGE_TOKENS) * rb;
+        int64_t tp = t0 + KC_MLA_FEW_PF;
+        int nr = KC_FEW_NR(nq), nc = KC_FEW_NC(nq), t = 0, raw = 0;
+
+        /* the block KC_MLA_FEW_PF rows ahead (a block never straddles a
+         * page, so it is one contiguous run): the hardware prefetcher alone
+         * restarts at every page and leaves the loads exposed */
+        if (tp < a->r1) {
+            const uint8_t *pf = a->kv_base +
+                                (uint64_t)a->page_table[tp / KVL_PAGE_TOKENS] * l->page_bytes +
+                                (uint64_t)(tp % KVL_PAGE_TOKENS) * rb;
+            int64_t bytes = kc_min64(T, a->r1 - tp) * rb;
+            for (int64_t off = 0; off < bytes; off += 64) {
+                __builtin_prefetch(pf + off, 0, 3);
+            }
+        }
+
+        /* scores S[i, t] */
+        for (; t + nr <= nt; t += nr) {
+            if (dt == KVL_DTYPE_FP8) {
+                kc_few_scores_fp8(nq, nr, qp, ldq, qf, row0 + t * rb, rb, l, S + t, T);
+            } else if (dt == KVL_DTYPE_BF16) {
+                kc_few_scores_bf16(nq, nr, qp, ldq, row0 + t * rb, rb, K, S + t, T);
+            } else {
+                kc_few_scores_f32(nq, nr, qp, ldq, row0 + t * rb, rb, K, S + t, T);
+            }
+        }
+        for (; t < nt; t++) {
+            if (dt == KVL_DTYPE_FP8) {
+                kc_few_scores_fp8(nq, 1, qp, ldq, qf, row0 + t * rb, rb, l, S + t, T);
+            } else if (dt == KVL_DTYPE_BF16) {
+                kc_few_scores_bf16(nq, 1, qp, ldq, row0 + t * rb, rb, K, S + t, T);
+            } else {
+                kc_few_scores_f32(nq, 1, qp, ldq, row0 + t * rb, rb, K, S + t, T);
+            }
+        }
+
+        /* online softmax; rows past a vector's last visible row weigh 0 */
+        for (int i = 0; i < nq; i++) {
+            int64_t nv = kc_min64(nt, a->last[i] - t0 + 1);
+            float *si = S + i * T, mx = -INFINITY, mnew, sum;
+            if (nv <= 0) {
+                memset(si, 0, (size_t)T * 4);
+                alpha[i] = 1.0f;
+                continue;
+            }
+            for (int64_t u = 0; u < nv; u++) {
+                mx = si[u] > mx ? si[u] : mx;
+            }
+            mnew = mx > m[i] ? mx : m[i];
+            alpha[i] = m[i] == -INFINITY ? 0.0f : expf(m[i] - mnew);
+            sum = kc_vec_exp_sum(si, nv, mnew);
+            for (int64_t u = nv; u < T; u++) {
+                si[u] = 0.0f;
+            }
+            lsum[i] = lsum[i] * alpha[i] + sum;
+            m[i] = mnew;
+        }
+
+        /* O += P . V over the latent columns */
+        if (dt == KVL_DTYPE_FP8) {
+            /* ps[b, i, t] = P[i, t] * scale_t[b] * 2^120 for raw codes; with
+             * a scale of 2^7 or more that could overflow: then 2^8 and the
+             * f16 decode (e4m3 * 2^-8) for this block */
+            float k = 0x1p120f;
+            raw = 1;
+            for (int u = 0; u < nt && raw; u++) {
+                for (int64_t b = 0; b < nb; b++) {
+                    raw &= fabsf(kc_few_fp8_scale(row0 + u * rb, l, b)) < 128.0f;
+                }
+            }
+            k = raw ? k : 256.0f;
+            for (int u = 0; u < nt; u++) {
+                for (int64_t b = 0; b < nb; b++) {
+                    float sc = kc_few_fp8_scale(row0 + u * rb, l, b) * k;
+                    for (int i = 0; i < nq; i++) {
+                        ps[(b * nq + i) * T + u] = S[i * T + u] * sc;
+                    }
+                }
+            }
+        }
+        {
+            int64_t c = 0;
+            for (; c + nc * KC_PW <= rfull; c += nc * KC_PW) {
+                if (dt == KVL_DTYPE_FP8) {
+                    const float *pb = ps + (c / KVL_FP8_TILE) * nq * T;
+                    if (raw) {
+                        kc_few_pv_fp8raw(nq, nc, pb, T, row0, rb, nt, c, alpha, op, ldo);
+                    } else {
+                        kc_few_pv_fp8(nq, nc, pb, T, row0, rb, nt, c, alpha, op, ldo);
+                    }
+                } else if (dt == KVL_DTYPE_BF16) {
+                    kc_few_pv_bf16(nq, nc, S, T, row0, rb, nt, c, alpha, op, ldo);
+                } else {
+                    kc_few_pv_f32(nq, nc, S, T, row0, rb, nt, c, alpha, op, ldo);
+                }
+            }
+            for (; c < rfull; c += KC_PW) {
+                if (dt == KVL_DTYPE_FP8) {
+                    const float *pb = ps + (c / KVL_FP8_TILE) * nq * T;
+                    if (raw) {
+                        kc_few_pv_fp8raw(nq, 1, pb, T, row0, rb, nt, c, alpha, op, ldo);
+                    } else {
+                        kc_few_pv_fp8(nq, 1, pb, T, row0, rb, nt, c, alpha, op, ldo);
+                    }
+                } else if (dt == KVL_DTYPE_BF16) {
+                    kc_few_pv_bf16(nq, 1, S, T, row0, rb, nt, c, alpha, op, ldo);
+                } else {
+                    kc_few_pv_f32(nq, 1, S, T, row0, rb, nt, c, alpha, op, ldo);
+                }
+            }
+            for (; c < R; c++) {
+                for (int i = 0; i < nq; i++) {
+                    float acc = op[i * ldo + c] * alpha[i];
+                    for (int u = 0; u < nt; u++) {
+                        const uint8_t *row = row0 + u * rb;
+                        float v;
+                        if (dt == KVL_DTYPE_FP8) {
+                            v = s_load_fp8(row + c) * 256.0f *
+                                kc_few_fp8_scale(row, l, c / KVL_FP8_TILE);
+                        } else if (dt == KVL_DTYPE_BF16) {
+                            v = s_load_bf16((const uint16_t *)row + c);
+                        } else {
+                            v = s_load_f32((const float *)row + c);
+                        }
+                        acc += S[i * T + u] * v;
+                    }
+                    op[i * ldo + c] = acc;
+                }
+            }
+        }
+    }
+
+    for (int i = 0; i < nq; i++) {
+        if (dt == KVL_DTYPE_BF16) {
+            kc_few_from_pairs(op + i * ldo, R, a->o + i * R);
+        } else {
+            memcpy(a->o + i * R, op + i * ldo, (size_t)R * 4);
+        }
+        a->m[i] = m[i];
+        a->l[i] = lsum[i];
+    }
+}
+
+#define KC_FEW_CASES(DT)                                   \
+    switch (a->n_qv) {                                     \
+    case 1: kc_few_run(a, 1, DT); break;                   \
+    case 2: kc_few_run(a, 2, DT); break;                   \
+    case 3: kc_few_run(a, 3, DT); break;                   \
+    default: kc_few_run(a, 4, DT); break;                  \
+    }
+_Static_assert(KC_MLA_FEW_QV == 4, "kc_vec_mla_few instantiates 1..4 query vectors");
+
+static void kc_vec_mla_few(const kc_mla_few_args *a)
+{
+    switch (a->layout->dtype) {
+    case KVL_DTYPE_BF16: KC_FEW_CASES(KVL_DTYPE_BF16); break;
+    case KVL_DTYPE_FP8: KC_FEW_CASES(KVL_DTYPE_FP8); break;
+    default: KC_FEW_CASES(KVL_DTYPE_F32); break;
+    }
+}
+
 /* ---- elementwise ---------------------------------------------------------------- */
 
 static void kc_vec_rmsnorm(const float *x, const float *w, int64_t n, int64_t dim, float eps,
@@ -545,6 +1040,7 @@ static float kc_vec_fma_loop(int64_t iters)
     .mla_decode = kc_vec_mla_decode,                \
     .mla_scores = kc_vec_mla_scores,                \
     .mla_pv = kc_vec_mla_pv,                        \
+    .mla_few = kc_vec_mla_few,                      \
     .exp_sum = kc_vec_exp_sum,                      \
     .scale = kc_vec_scale,                          \
     .rmsnorm = kc_vec_rmsnorm,                      \

@@ -186,7 +186,11 @@ static void cluster_stop(cluster *c)
         }
     }
     unlink(c->state);
-    unlink(c->log);
+    if (mls_test_failed_count > 0) {
+        fprintf(stderr, "  cluster log kept: %s\n", c->log);
+    } else {
+        unlink(c->log);
+    }
 }
 
 static pid_t cluster_node(const cluster *c, const char *role, int which)

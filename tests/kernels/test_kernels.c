@@ -5,7 +5,11 @@
  * Measured errors are printed (relative L2 against the reference). Matmul:
  * the f32-FMA paths reach ~1e-7; the vdpbf16ps path (hi+lo bf16 split of
  * the activations) ~2e-6 (bound 2e-5). MLA: every level decodes rows to f32
- * and accumulates in f32, ~1e-7 for all page dtypes (bound 1e-5).
+ * and accumulates in f32, ~1e-7 for all page dtypes (bound 1e-5); each case
+ * runs on the tile path, on the fused few-heads path (forced wherever the
+ * case has at most KC_MLA_FEW_QV query vectors per sequence) and as the
+ * dispatch rule chooses, single-threaded and split over a 3-thread pool
+ * (long contexts: chunks combined by log-sum-exp).
  */
 #include <math.h>
 #include <pthread.h>
@@ -15,6 +19,7 @@
 #include <string.h>
 
 #include "kc.h"
+#include "kc_internal.h" /* kc_mla_few_force */
 #include "mls_num.h"
 #include "mls_test.h"
 
@@ -224,7 +229,9 @@ static void test_matmul(void)
                      make_weight((kc_dtype)dt, prow, cols, row0, rows, &w) == 0;
             double e = 0, et = 0;
             if (ok) {
-                fill_rand(x, (size_t)(n * cols), 1.0f);
+                /* every third shape: activations large enough that fp8 GEMV
+                 * cannot fold 2^112 into them and keeps the float decode */
+                fill_rand(x, (size_t)(n * cols), s % 3 == 1 ? 1e5f : 1.0f);
                 fill_rand(xt, (size_t)(n * rows), 1.0f);
                 kc_matmul_ref(&w.m, x, n, yref);
                 kc_matmul_t_ref(&w.m, xt, n, ytref);
@@ -343,16 +350,36 @@ typedef struct {
     int32_t H;
     int n_seqs;
     int32_t kv_len[4], n_q[4];
+    float amp; /* latent magnitude (0: 1) */
 } mla_case;
 
 static const mla_case mla_cases[] = {
-    {KVL_DTYPE_F32, 512, 64, 16, 3, {1000, 77, 130}, {1, 1, 5}},
-    {KVL_DTYPE_BF16, 160, 16, 128, 2, {300, 65}, {1, 3}},
-    {KVL_DTYPE_FP8, 32, 8, 1, 3, {4000, 63, 200}, {1, 1, 7}},
-    {KVL_DTYPE_FP8, 512, 64, 3, 2, {2500, 1}, {1, 1}},
-    {KVL_DTYPE_BF16, 512, 64, 128, 1, {400}, {2}},
-    {KVL_DTYPE_F32, 36, 8, 5, 4, {129, 64, 1, 333}, {1, 64, 1, 40}},
-    {KVL_DTYPE_FP8, 160, 16, 2, 2, {3000, 150}, {3, 150}},
+    {KVL_DTYPE_F32, 512, 64, 16, 3, {1000, 77, 130}, {1, 1, 5}, 0},
+    {KVL_DTYPE_BF16, 160, 16, 128, 2, {300, 65}, {1, 3}, 0},
+    {KVL_DTYPE_FP8, 32, 8, 1, 3, {4000, 63, 200}, {1, 1, 7}, 0},
+    {KVL_DTYPE_FP8, 512, 64, 3, 2, {2500, 1}, {1, 1}, 0},
+    {KVL_DTYPE_BF16, 512, 64, 128, 1, {400}, {2}, 0},
+    {KVL_DTYPE_F32, 36, 8, 5, 4, {129, 64, 1, 333}, {1, 64, 1, 40}, 0},
+    {KVL_DTYPE_FP8, 160, 16, 2, 2, {3000, 150}, {3, 150}, 0},
+    /* few heads (the fused path): long contexts split and combined, many
+     * pages, ragged last pages, 1..8 heads */
+    {KVL_DTYPE_BF16, 512, 64, 1, 3, {5000, 64, 1}, {1, 1, 1}, 0},
+    {KVL_DTYPE_FP8, 512, 64, 1, 2, {4500, 700}, {1, 1}, 0},
+    {KVL_DTYPE_F32, 512, 64, 2, 2, {3000, 65}, {1, 1}, 0},
+    {KVL_DTYPE_BF16, 512, 64, 4, 2, {2000, 129}, {1, 1}, 0},
+    {KVL_DTYPE_FP8, 512, 64, 2, 3, {2100, 17, 640}, {1, 1, 1}, 0},
+    {KVL_DTYPE_BF16, 512, 64, 8, 2, {1500, 300}, {1, 1}, 0},
+    {KVL_DTYPE_FP8, 160, 16, 6, 1, {1000}, {1}, 0},
+    /* tails: R, D not multiples of any vector width; partial fp8 scale block */
+    {KVL_DTYPE_BF16, 100, 6, 3, 2, {1500, 130}, {1, 1}, 0},
+    {KVL_DTYPE_FP8, 200, 10, 4, 2, {2100, 17}, {1, 1}, 0},
+    {KVL_DTYPE_F32, 20, 2, 1, 1, {700}, {1}, 0},
+    /* few query vectors over several queries (causal), 3 and 4 vectors */
+    {KVL_DTYPE_BF16, 64, 16, 1, 2, {900, 40}, {4, 3}, 0},
+    {KVL_DTYPE_FP8, 128, 16, 2, 2, {700, 100}, {2, 1}, 0},
+    /* fp8 scales of 2^7 and more (the fused path's f16 fallback), tiny scales */
+    {KVL_DTYPE_FP8, 512, 64, 1, 2, {1000, 90}, {1, 1}, 1e5f},
+    {KVL_DTYPE_FP8, 256, 32, 2, 1, {800}, {1}, 1e-3f},
 };
 
 static double run_mla_case(const mla_case *c, kc_pool *pool, int verbose, double *worst_p)
@@ -411,7 +438,7 @@ static double run_mla_case(const mla_case *c, kc_pool *pool, int verbose, double
                     tables[pi] = perm[n_pages - 1 - pi];
                     pi++;
                 }
-                fill_rand(lat, (size_t)R, 1.0f);
+                fill_rand(lat, (size_t)R, c->amp > 0 ? c->amp : 1.0f);
                 fill_rand(rope, (size_t)D, 1.0f);
                 kvl_row_store(&l, kv + (uint64_t)seqs[s].page_table[t / 64] * l.page_bytes +
                                       (uint64_t)(t % 64) * l.row_bytes, lat, rope);
@@ -432,8 +459,10 @@ static double run_mla_case(const mla_case *c, kc_pool *pool, int verbose, double
     kc_mla_attention_ref(&p);
     p.out = out;
     err = 0;
-    for (int isa = 0; isa <= (int)kc_isa_detect(); isa++) {
+    for (int run = 0; run < 3 * ((int)kc_isa_detect() + 1); run++) {
+        int isa = run / 3;
         kc_isa_force((kc_isa)isa);
+        kc_mla_few_force = run % 3 == 0 ? -1 : (run % 3 == 1 ? 0 : KC_MLA_FEW_QV);
         for (int pi = 0; pi < 2; pi++) {
             kc_pool *pl = pi ? pool : NULL;
             size_t wsz = kc_mla_workspace_size(pl, &p);
@@ -455,11 +484,13 @@ static double run_mla_case(const mla_case *c, kc_pool *pool, int verbose, double
                 worst_p[isa] = isnan(e) ? INFINITY : e;
             }
             if (verbose) {
-                fprintf(stderr, "    %s pool %d: rel L2 %.2e\n", kc_isa_name((kc_isa)isa), pi, e);
+                fprintf(stderr, "    %s pool %d few %d: rel L2 %.2e\n", kc_isa_name((kc_isa)isa), pi,
+                        kc_mla_few_force, e);
             }
         }
     }
     kc_isa_force(kc_isa_detect());
+    kc_mla_few_force = -1;
 out_free:
     free(perm);
     free(tables);
