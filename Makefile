@@ -18,13 +18,13 @@ test: build
 	ctest --test-dir build --output-on-failure -j $(JOBS) $(CTEST_ARGS)
 
 test-asan: deps
-	cmake -S . -B build-asan -DMLS_WERROR=ON -DMLS_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
+	cmake -S . -B build-asan -DMLS_WERROR=ON -DMLS_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
 	cmake --build build-asan -j $(JOBS)
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  ctest --test-dir build-asan --output-on-failure -j $(JOBS) $(CTEST_ARGS)
 
 test-tsan: deps
-	cmake -S . -B build-tsan -DMLS_WERROR=ON -DMLS_TSAN=ON -DCMAKE_BUILD_TYPE=Debug
+	cmake -S . -B build-tsan -DMLS_WERROR=ON -DMLS_TSAN=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
 	cmake --build build-tsan -j $(JOBS)
 	ctest --test-dir build-tsan --output-on-failure -j $(JOBS) $(CTEST_ARGS)
 

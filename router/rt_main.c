@@ -32,7 +32,11 @@ static void rt_usage(FILE *out)
             "                         also MLASERVE_API_KEY)\n"
             "  --max-outstanding N    requests in flight before 429 (default 256)\n"
             "  --request-timeout S    per-request deadline in seconds (default 600)\n"
-            "  --lease-ms MS          KV reservation lease (default 10000)\n"
+            "  --lease-ms MS          KV reservation lease (default: the request timeout).\n"
+            "                         A reservation waits while its prompt is queued on a\n"
+            "                         prefill node; dead or frozen prefill nodes are caught\n"
+            "                         by their connection and load reports (3 s), which\n"
+            "                         cancel the reservation - the lease is the backstop\n"
             "  --default-max-tokens N chat max_tokens when absent (default 1024)\n"
             "  --colocated-only       schedule on colocated nodes only\n"
             "  --port-file FILE       write \"HTTP_PORT NODE_PORT\" here once listening\n");
@@ -125,7 +129,7 @@ int main(int argc, char **argv)
     rt.node_port = 7100;
     rt.max_outstanding = 256;
     rt.request_timeout_ms = 600000;
-    rt.lease_ms = 10000;
+    rt.lease_ms = 0; /* default: the request timeout (see --help) */
     rt.default_max_tokens = 1024;
     rt.api_keys = keys;
     if (getenv("MLASERVE_API_KEY") != NULL && getenv("MLASERVE_API_KEY")[0] != '\0') {
@@ -160,9 +164,12 @@ int main(int argc, char **argv)
         rt_usage(stderr);
         return 2;
     }
-    if (rt.max_outstanding == 0 || rt.request_timeout_ms == 0 || rt.lease_ms == 0) {
-        fprintf(stderr, "mlaserve-router: --max-outstanding, --request-timeout and --lease-ms must be > 0\n");
+    if (rt.max_outstanding == 0 || rt.request_timeout_ms == 0) {
+        fprintf(stderr, "mlaserve-router: --max-outstanding and --request-timeout must be > 0\n");
         return 2;
+    }
+    if (rt.lease_ms == 0) {
+        rt.lease_ms = rt.request_timeout_ms;
     }
     signal(SIGPIPE, SIG_IGN);
     if (tok_tokenizer_load(tokenizer, &rt.tok, &err) != MLS_OK) {

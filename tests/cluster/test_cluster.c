@@ -112,9 +112,12 @@ static int cluster_start(cluster *c, const char *extra)
     FILE *f;
     char *state = NULL;
 
+    static int started;
+
     memset(c, 0, sizeof(*c));
-    snprintf(c->state, sizeof(c->state), "/tmp/mls-cluster-test-%d.json", (int)getpid());
-    snprintf(c->log, sizeof(c->log), "/tmp/mls-cluster-test-%d.log", (int)getpid());
+    started++;
+    snprintf(c->state, sizeof(c->state), "/tmp/mls-cluster-test-%d-%d.json", (int)getpid(), started);
+    snprintf(c->log, sizeof(c->log), "/tmp/mls-cluster-test-%d-%d.log", (int)getpid(), started);
     unlink(c->state);
     c->pid = fork();
     if (c->pid == 0) {
