@@ -222,6 +222,7 @@ struct kvx_resv {
 };
 
 #define KVX_RESV_BUCKETS 256u
+#define KVX_ENDED_RING   1024u
 
 typedef struct {
     void *base;
@@ -341,6 +342,13 @@ struct kvx_ctx {
     kvx_resv *resv_hash[KVX_RESV_BUCKETS];
     kvx_resv *resv_list;
     uint32_t n_resv;
+    /* verdicts of recently ended reservations, so a sender that arrives late
+     * (after a cancel or a lapsed lease) hears why instead of "not found" */
+    struct {
+        uint64_t rid;
+        mls_status status;
+    } ended[KVX_ENDED_RING];
+    uint32_t ended_next;
     uint64_t bytes_received;
     /* sender */
     kvx_req *reqs;

@@ -235,6 +235,9 @@ static void kvx_resv_end(kvx_ctx *ctx, kvx_resv *r, mls_status st, bool notify, 
     }
     r->state = KVX_RESV_ENDING;
     r->end_status = st;
+    ctx->ended[ctx->ended_next % KVX_ENDED_RING].rid = r->rid;
+    ctx->ended[ctx->ended_next % KVX_ENDED_RING].status = st;
+    ctx->ended_next++;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(r->end_why, sizeof(r->end_why), fmt, ap);
@@ -486,6 +489,15 @@ static void kvx_recv_begin(kvx_ctx *ctx, kvx_peer *peer, const kvx_msg_begin *m,
     kvx_resv *r = kvx_resv_find(ctx, m->rid);
     char why[KVX_WHY_LEN];
     if (r == NULL || r->state != KVX_RESV_OPEN) {
+        for (uint32_t i = 0; i < KVX_ENDED_RING && i < ctx->ended_next; i++) {
+            uint32_t at = (ctx->ended_next - 1 - i) % KVX_ENDED_RING;
+            if (ctx->ended[at].rid == m->rid && ctx->ended[at].status != MLS_OK) {
+                snprintf(why, sizeof(why), "the reservation for rid %llu already ended: %s",
+                         (unsigned long long)m->rid, mls_status_message(ctx->ended[at].status));
+                kvx_result_send(peer, m->rid, ctx->ended[at].status, why);
+                return;
+            }
+        }
         snprintf(why, sizeof(why),
                  "no open reservation for rid %llu on the decode node "
                  "(expired, canceled or never made)",

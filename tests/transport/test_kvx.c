@@ -588,16 +588,26 @@ static void test_cancel(void)
     CHECK_EQ_INT(mls_alloc_bytes(MLS_ALLOC_TAG_TRANSPORT), t_base_bytes);
 }
 
-/* A sender for a reservation the decode node does not hold. */
+/* A sender for a reservation the decode node never made gets NOT_FOUND; one
+ * whose reservation was canceled before it arrived hears CANCELED. */
 static void test_unknown_reservation(void)
 {
     t_node n;
     CHECK_OK(t_node_start(&n, KVL_DTYPE_BF16, 4, true));
     static const uint32_t pages[] = {4};
+    /* the decode node holds rid 15; the sender asks for rid 14 */
+    CHECK(t_reserve(&n, 15, 10, pages, 1, 10000) != NULL);
+    n.resv[0].rid = 14;
+    CHECK(t_spawn(&n, "am", "bf16", "0xfeed", NULL, NULL) == 0);
+    CHECK_MSG(t_run_until(&n, t_pred_output, "RESULT 14 ERR_NOT_FOUND", 10000), "sender said:\n%s",
+              n.out);
+    CHECK_OK(kvx_cancel(n.ctx, 15));
+    t_node_stop(&n);
+    CHECK_OK(t_node_start(&n, KVL_DTYPE_BF16, 4, true));
     CHECK(t_reserve(&n, 14, 10, pages, 1, 10000) != NULL);
     CHECK_OK(kvx_cancel(n.ctx, 14)); /* the sender still believes in rid 14 */
     CHECK(t_spawn(&n, "am", "bf16", "0xfeed", NULL, NULL) == 0);
-    CHECK_MSG(t_run_until(&n, t_pred_output, "RESULT 14 ERR_NOT_FOUND", 10000), "sender said:\n%s",
+    CHECK_MSG(t_run_until(&n, t_pred_output, "RESULT 14 ERR_CANCELED", 10000), "sender said:\n%s",
               n.out);
     uint64_t pb = n.cfg.layout.page_bytes;
     const uint8_t *pg = n.pool[0] + 4 * pb;
