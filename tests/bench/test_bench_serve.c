@@ -25,6 +25,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -547,7 +548,7 @@ typedef struct {
     int fd;
     int port;
     srv_mode mode;
-    volatile int stop;
+    atomic_int stop;
     int served;
 } test_server;
 
@@ -555,7 +556,7 @@ static void *test_server_main(void *arg)
 {
     test_server *s = arg;
 
-    while (!s->stop) {
+    while (!atomic_load(&s->stop)) {
         struct pollfd p = {s->fd, POLLIN, 0};
         char buf[65536];
         size_t got = 0;
@@ -693,7 +694,7 @@ static void test_server_errors(void)
         s.mode = modes[m];
         CHECK(test_server_start(&s, &th) == 0);
         r = bench_at(s.port, m ? "truncated" : "http500", 9);
-        s.stop = 1;
+        atomic_store(&s.stop, 1);
         pthread_join(th, NULL);
         close(s.fd);
         CHECK(r != NULL);
