@@ -25,6 +25,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "mls_rng.h"
 #include "mls_status.h"
 
 #define BS_MAX_PCT 8        /* --metric-percentiles entries */
@@ -32,9 +33,7 @@
 
 /* ---- random numbers (bench_serve_data.c) -------------------------------------------- */
 
-typedef struct {
-    uint64_t s[4]; /* xoshiro256** state */
-} bs_rng;
+typedef mls_rng bs_rng; /* common/mls_rng.h */
 
 void bs_rng_seed(bs_rng *r, uint64_t seed);
 uint64_t bs_rng_next(bs_rng *r);

@@ -23,44 +23,19 @@
 
 /* ---- RNG ------------------------------------------------------------------------------ */
 
-static uint64_t bs_splitmix(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 void bs_rng_seed(bs_rng *r, uint64_t seed)
 {
-    for (int i = 0; i < 4; i++) {
-        r->s[i] = bs_splitmix(&seed);
-    }
-}
-
-static inline uint64_t bs_rotl(uint64_t x, int k)
-{
-    return (x << k) | (x >> (64 - k));
+    mls_rng_seed(r, seed);
 }
 
 uint64_t bs_rng_next(bs_rng *r)
 {
-    uint64_t *s = r->s;
-    uint64_t out = bs_rotl(s[1] * 5, 7) * 9;
-    uint64_t t = s[1] << 17;
-
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = bs_rotl(s[3], 45);
-    return out;
+    return mls_rng_next(r);
 }
 
 double bs_rng_uniform(bs_rng *r)
 {
-    return (double)(bs_rng_next(r) >> 11) * 0x1.0p-53;
+    return mls_rng_uniform(r);
 }
 
 int64_t bs_rng_int(bs_rng *r, int64_t lo, int64_t hi)

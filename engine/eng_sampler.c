@@ -11,44 +11,9 @@
 
 #include "engine.h"
 
-static uint64_t eng_splitmix64(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 void eng_rng_seed(eng_rng *rng, uint64_t seed)
 {
-    for (int i = 0; i < 4; i++) {
-        rng->s[i] = eng_splitmix64(&seed);
-    }
-}
-
-static inline uint64_t eng_rotl(uint64_t x, int k)
-{
-    return (x << k) | (x >> (64 - k));
-}
-
-static uint64_t eng_rng_next(eng_rng *rng)
-{
-    uint64_t *s = rng->s;
-    uint64_t result = eng_rotl(s[1] * 5, 7) * 9;
-    uint64_t t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = eng_rotl(s[3], 45);
-    return result;
-}
-
-/* Uniform in [0, 1) with 53 random bits. */
-static double eng_rng_uniform(eng_rng *rng)
-{
-    return (double)(eng_rng_next(rng) >> 11) * (1.0 / 9007199254740992.0);
+    mls_rng_seed(rng, seed);
 }
 
 static int32_t eng_argmax(const float *x, int32_t n)
@@ -130,7 +95,7 @@ int32_t eng_sample(const float *logits, int32_t vocab, const eng_sampling *param
                 total = run;
             }
         }
-        r = eng_rng_uniform(rng) * total;
+        r = mls_rng_uniform(rng) * total;
         chosen = cand[keep - 1].id;
         for (int32_t i = 0; i < keep; i++) {
             acc += cand[i].p;

@@ -26,6 +26,7 @@
 
 #include "eng_config.h"
 #include "mls_kv_layout.h"
+#include "mls_rng.h"
 #include "mls_status.h"
 
 /* ---- model ---------------------------------------------------------------- */
@@ -130,9 +131,7 @@ typedef struct {
     int32_t top_k;      /* 0: off */
 } eng_sampling;
 
-typedef struct {
-    uint64_t s[4];
-} eng_rng;
+typedef mls_rng eng_rng; /* seeded per request (and per token by the nodes) */
 
 void eng_rng_seed(eng_rng *rng, uint64_t seed);
 /* Pick a token from logits[vocab]; *logprob_p gets log softmax(logits)[id]

@@ -36,53 +36,23 @@
 #include "eng_safetensors.h"
 #include "mls_cli.h"
 #include "mls_num.h"
+#include "mls_rng.h"
 
 #define GM_BLOCK 128               /* fp8 weight block, both dims */
 #define GM_CHUNK ((size_t)1 << 20) /* elements generated per step */
 
 /* ------------------------------------------------------------ random numbers */
 
-typedef struct {
-    uint64_t s[4];
-} gm_rng;
+typedef mls_rng gm_rng;
 
-static uint64_t gm_splitmix64(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
+/* One stream per tensor: seeded by (seed, FNV-1a of the tensor's name). */
 static void gm_rng_seed(gm_rng *r, uint64_t seed, const char *name)
 {
-    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a of the tensor name */
+    uint64_t h = 0xcbf29ce484222325ull;
     for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
         h = (h ^ *p) * 0x100000001b3ull;
     }
-    uint64_t x = seed ^ h;
-    for (int i = 0; i < 4; i++) {
-        r->s[i] = gm_splitmix64(&x);
-    }
-}
-
-static inline uint64_t gm_rotl(uint64_t x, int k)
-{
-    return (x << k) | (x >> (64 - k));
-}
-
-static inline uint64_t gm_rng_next(gm_rng *r) /* xoshiro256** */
-{
-    uint64_t *s = r->s;
-    uint64_t out = gm_rotl(s[1] * 5, 7) * 9;
-    uint64_t t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = gm_rotl(s[3], 45);
-    return out;
+    mls_rng_seed(r, seed ^ h);
 }
 
 /*
@@ -96,7 +66,7 @@ static void gm_fill_normal(gm_rng *r, float *out, size_t n, float mean, float st
     const double inv_sd = 1.0 / sqrt(4.0 * (65536.0 * 65536.0 - 1.0) / 12.0);
     const float a = (float)(std * inv_sd), b = (float)(mean - std * half * inv_sd);
     for (size_t i = 0; i < n; i++) {
-        uint64_t x = gm_rng_next(r);
+        uint64_t x = mls_rng_next(r);
         uint32_t s = (uint32_t)(x & 0xffff) + (uint32_t)((x >> 16) & 0xffff) +
                      (uint32_t)((x >> 32) & 0xffff) + (uint32_t)(x >> 48);
         out[i] = (float)s * a + b;
