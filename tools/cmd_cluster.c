@@ -357,16 +357,21 @@ int mls_cmd_cluster(int argc, char **argv)
         return 1;
     }
     cl_write_state(&c, http_port, node_port);
-    printf("mlaserve cluster up: %d %s node%s%s, model %s\n"
-           "  API:     http://%s:%d/v1  (OpenAI-compatible)\n"
-           "  metrics: http://%s:%d/metrics\n"
-           "  try:     curl http://%s:%d/v1/chat/completions -H 'Content-Type: application/json' \\\n"
-           "             -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hello!\"}],\"max_tokens\":32}'\n"
-           "Ctrl-C stops the cluster.\n",
-           c.colocated ? c.n_decode : n_nodes, c.colocated ? "colocated" : "", c.colocated ? (c.n_decode > 1 ? "s" : "") : "s",
-           c.colocated ? "" : "", c.model, c.host, http_port, c.host, http_port, c.host, http_port);
-    if (!c.colocated) {
-        printf("  (%d prefill + %d decode)\n", c.n_prefill, c.n_decode);
+    {
+        char nodes[64], real[PATH_MAX];
+        if (c.colocated) {
+            snprintf(nodes, sizeof(nodes), "%d colocated node%s", c.n_decode, c.n_decode > 1 ? "s" : "");
+        } else {
+            snprintf(nodes, sizeof(nodes), "%d prefill + %d decode nodes", c.n_prefill, c.n_decode);
+        }
+        printf("mlaserve cluster up: router + %s, model %s\n"
+               "  API:     http://%s:%d/v1  (OpenAI-compatible)\n"
+               "  metrics: http://%s:%d/metrics\n"
+               "  try:     curl http://%s:%d/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+               "             -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hello!\"}],\"max_tokens\":32}'\n"
+               "Ctrl-C stops the cluster.\n",
+               nodes, realpath(c.model, real) ? real : c.model, c.host, http_port, c.host, http_port, c.host,
+               http_port);
     }
     fflush(stdout);
     /* supervise: report children that die; stop on a signal */
