@@ -188,6 +188,22 @@ static void rq_logprobs_free(rq_logprobs *lp)
     free(lp->tokens);
 }
 
+/* Send one SSE event built by a renderer (NULL: out of memory, skipped) and free it. */
+static void rq_sse_send_json(rt_request *r, char *json)
+{
+    if (json != NULL) {
+        mls_http_req_sse_send(r->http, json, strlen(json));
+        free(json);
+    }
+}
+
+/* "data: [DONE]" and the end of the stream; completes the HTTP request. */
+static void rq_sse_finish(rt_request *r)
+{
+    mls_http_req_sse_send(r->http, MLS_OAI_SSE_DONE, strlen(MLS_OAI_SSE_DONE));
+    mls_http_req_stream_end(r->http);
+}
+
 static void rq_send_chunk(rt_request *r, const char *text, size_t len, const char *finish)
 {
     rt_router *rt = r->rt;
@@ -221,10 +237,7 @@ static void rq_send_chunk(rt_request *r, const char *text, size_t len, const cha
     a.logprobs_requested = r->oai->logprobs;
     json = mls_oai_render(&a);
     rq_logprobs_free(&lp);
-    if (json != NULL) {
-        mls_http_req_sse_send(r->http, json, strlen(json));
-        free(json);
-    }
+    rq_sse_send_json(r, json);
     r->first_chunk_sent = true;
 }
 
@@ -265,14 +278,9 @@ static void rq_complete_http(rt_request *r)
             a.created = r->created;
             a.model = rt->served_model;
             a.usage = &usage;
-            json = mls_oai_render(&a);
-            if (json != NULL) {
-                mls_http_req_sse_send(r->http, json, strlen(json));
-                free(json);
-            }
+            rq_sse_send_json(r, mls_oai_render(&a));
         }
-        mls_http_req_sse_send(r->http, MLS_OAI_SSE_DONE, strlen(MLS_OAI_SSE_DONE));
-        mls_http_req_stream_end(r->http);
+        rq_sse_finish(r);
     } else {
         mls_oai_choice ch = {0};
         mls_oai_render_args a = {0};
@@ -358,15 +366,9 @@ void rt_request_fail(rt_request *r, int http_status, mls_status st, const char *
     if (r->http != NULL) {
         if (r->stream_started) {
             mls_oai_error e;
-            char *json;
             mls_oai_error_set(&e, http_status, NULL, mls_status_name(st), "%s", msg);
-            json = mls_oai_error_render(&e);
-            if (json != NULL) {
-                mls_http_req_sse_send(r->http, json, strlen(json));
-                free(json);
-            }
-            mls_http_req_sse_send(r->http, MLS_OAI_SSE_DONE, strlen(MLS_OAI_SSE_DONE));
-            mls_http_req_stream_end(r->http);
+            rq_sse_send_json(r, mls_oai_error_render(&e));
+            rq_sse_finish(r);
         } else {
             mls_http_req_respond_error(r->http, http_status, http_status >= 500 ? "server_error" : "invalid_request_error",
                                        NULL, mls_status_name(st), msg);
