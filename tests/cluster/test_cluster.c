@@ -640,12 +640,32 @@ static void test_bad_input(void)
     }
 }
 
-static void test_colocated_same_tokens(void)
+static void term_after(void *arg)
+{
+    pid_t pid = *(pid_t *)arg;
+    usleep(150000);
+    kill(pid, SIGTERM);
+}
+
+/* Colocated nodes give the same tokens; a node told to stop (SIGTERM) drains:
+ * its running streams finish there - none is failed over - and it exits. */
+static void test_colocated_same_tokens_and_drain(void)
 {
     cluster co;
+    pid_t victim;
+    double retries;
+
     CHECK(cluster_start(&co, "--colocated --decode 2") == 0);
     CHECK_EQ_INT(run_parallel(co.port, 8, -1, true, NULL, NULL, "colocated"), 8);
     CHECK(wait_pages_free(co.port));
+    victim = cluster_node(&co, "colocated", 0);
+    retries = router_metric(co.port, "mlaserve:request_retries_total");
+    CHECK_EQ_INT(run_parallel(co.port, 8, P_LONG_GEN, true, term_after, &victim, "SIGTERM (drain)"), 8);
+    CHECK_LE_DBL(router_metric(co.port, "mlaserve:request_retries_total"), retries);
+    for (int i = 0; i < 100 && kill(victim, 0) == 0; i++) {
+        usleep(100000); /* the drained node exits on its own */
+    }
+    CHECK_MSG(kill(victim, 0) != 0, "the drained node is still running");
     cluster_stop(&co);
 }
 
@@ -671,7 +691,7 @@ int main(void)
     MLS_TEST_RUN(test_kill_decode_node);
     MLS_TEST_RUN(test_kill_prefill_node);
     cluster_stop(&C);
-    MLS_TEST_RUN(test_colocated_same_tokens);
+    MLS_TEST_RUN(test_colocated_same_tokens_and_drain);
     if (getenv("MLS_TEST_CLUSTER_MODEL") == NULL) {
         snprintf(cmd, sizeof(cmd), "rm -rf '%s'", model_dir);
         if (system(cmd) != 0) {
