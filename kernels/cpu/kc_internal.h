@@ -23,23 +23,27 @@
  * KC_MLA_FEW_AUTO_BF16 / _FP8 of them; beyond that, decoding a tile once and
  * reusing it for every vector wins (measured on Zen 4). Rows are consumed
  * KC_MLA_FEW_ROWS at a time (a divisor of a page), each block's rows
- * prefetched KC_MLA_FEW_PF rows ahead (one page: measured best on Zen 4
- * among 0/32/64/128). */
+ * prefetched into L2 KC_MLA_FEW_PF rows ahead, spread over the block's
+ * scoring (Zen 4, 1 head, 64 MiB of bf16 KV, 2 threads: a burst of L1
+ * prefetches per block 0.57 of read bandwidth; spread L2 prefetches 32, 128,
+ * 256 rows ahead 0.9-1.0, 512 rows 0.7). */
 #define KC_MLA_FEW_QV        4
 #define KC_MLA_FEW_AUTO_BF16 4 /* f32 and bf16 rows */
-#define KC_MLA_FEW_AUTO_FP8  2
+#define KC_MLA_FEW_AUTO_FP8  2 /* fp8 rows widened to f32 (the AVX512-BF16 table path: 4) */
 #define KC_MLA_FEW_ROWS      16
-#define KC_MLA_FEW_PF        64
+#define KC_MLA_FEW_PF        128
 
 /* Tests: -1 (default) chooses the MLA path by the rule above; 0 never takes
  * the fused path; 1..KC_MLA_FEW_QV takes it up to that many query vectors. */
 extern int kc_mla_few_force;
 
 /* Floats of scratch mla_few needs (64-byte aligned start):
- * permuted queries, permuted output, scores, fp8 scaled probabilities. */
+ * permuted queries, permuted output, scores, fp8 scaled probabilities, a
+ * block of rows decoded to bf16 (the AVX512-BF16 fp8 path). */
 #define KC_MLA_FEW_SCRATCH(nqv, R, D) \
-    ((size_t)(nqv) * ((R) + (D) + 16) + (size_t)(nqv) * ((R) + 16) + \
-     (size_t)(nqv) * KC_MLA_FEW_ROWS * (2 + ((R) + 127) / 128) + 64)
+    ((size_t)(nqv) * ((R) + (D) + 64) + (size_t)(nqv) * ((R) + 64) + \
+     (size_t)(nqv) * KC_MLA_FEW_ROWS * (2 + ((R) + 127) / 128) + \
+     (size_t)KC_MLA_FEW_ROWS * ((R) + 64) / 2 + 64)
 
 /* One unit of the fused path: rows [r0, r1) of one sequence against n_qv
  * consecutive query vectors, with an online softmax (m, l) whose unnormalised
@@ -93,7 +97,8 @@ typedef struct kc_ops {
     uint64_t (*read_sum)(const void *p, size_t bytes);
     /* iters rounds of KC_FMA_CHAINS independent vector FMAs; returns a checksum. */
     float (*fma_loop)(int64_t iters);
-    int lanes; /* f32 lanes per vector */
+    int lanes;            /* f32 lanes per vector */
+    int mla_few_auto_fp8; /* query vectors up to which fp8 rows take mla_few */
 } kc_ops;
 
 extern const kc_ops kc_ops_scalar;

@@ -58,7 +58,8 @@ int kc_mla_few_force = -1;
 /* Whether sequence sq takes the fused few-query-vector path. */
 static int kc_mla_seq_few(const kc_mla_params *p, const kc_mla_seq *sq)
 {
-    int64_t lim = p->layout->dtype == KVL_DTYPE_FP8 ? KC_MLA_FEW_AUTO_FP8 : KC_MLA_FEW_AUTO_BF16;
+    int64_t lim = p->layout->dtype == KVL_DTYPE_FP8 ? kc_ops_active()->mla_few_auto_fp8
+                                                    : KC_MLA_FEW_AUTO_BF16;
     if (kc_mla_few_force >= 0) {
         lim = kc_mla_few_force < KC_MLA_FEW_QV ? kc_mla_few_force : KC_MLA_FEW_QV;
     }

@@ -725,6 +725,66 @@ KC_DEFINE_FEW_PV(kc_few_pv_bf16, uint16_t, v_load_bf16x2)
 KC_DEFINE_FEW_PV(kc_few_pv_fp8, uint8_t, v_load_fp8x2)
 KC_DEFINE_FEW_PV(kc_few_pv_fp8raw, uint8_t, v_load_fp8x2_raw)
 
+/* The block KC_MLA_FEW_PF rows ahead of row t0 (a block never straddles a
+ * page, so it is one contiguous run), prefetched into L2 a row's worth per
+ * row scored: the hardware prefetcher alone restarts at every page, and one
+ * burst per block stalls on the miss buffers. */
+typedef struct {
+    const uint8_t *p;
+    int64_t bytes, off;
+} kc_few_pf;
+
+KC_AI kc_few_pf kc_few_pf_block(const kc_mla_few_args *a, int64_t t0)
+{
+    const kvl_layout *l = a->layout;
+    int64_t tp = t0 + KC_MLA_FEW_PF;
+    kc_few_pf pf = {NULL, 0, 0};
+    if (tp < a->r1) {
+        pf.p = a->kv_base + (uint64_t)a->page_table[tp / KVL_PAGE_TOKENS] * l->page_bytes +
+               (uint64_t)(tp % KVL_PAGE_TOKENS) * l->row_bytes;
+        pf.bytes = kc_min64(KC_MLA_FEW_ROWS, a->r1 - tp) * l->row_bytes;
+    }
+    return pf;
+}
+
+/* Prefetches the next `bytes` of the block (the rest, when it ends sooner). */
+KC_AI void kc_few_pf_step(kc_few_pf *pf, int64_t bytes)
+{
+    for (int64_t e = kc_min64(pf->bytes, pf->off + bytes); pf->off < e; pf->off += 64) {
+        __builtin_prefetch(pf->p + pf->off, 0, 2);
+    }
+}
+
+/* One online-softmax step over a block of nt rows starting at row t0:
+ * S[i, :nt] (stride lds) becomes e^(s - m_new) (0 past vector i's last
+ * visible row), m and lsum are updated and alpha[i] = e^(m_old - m_new)
+ * is the factor the vector's output must be rescaled by. */
+static void kc_few_softmax(int nq, int nt, int64_t t0, const int64_t *last, float *S, int64_t lds,
+                           float *m, float *lsum, float *alpha)
+{
+    const int64_t T = lds;
+    for (int i = 0; i < nq; i++) {
+        int64_t nv = kc_min64(nt, last[i] - t0 + 1);
+        float *si = S + i * T, mx = -INFINITY, mnew, sum;
+        if (nv <= 0) {
+            memset(si, 0, (size_t)T * 4);
+            alpha[i] = 1.0f;
+            continue;
+        }
+        for (int64_t u = 0; u < nv; u++) {
+            mx = si[u] > mx ? si[u] : mx;
+        }
+        mnew = mx > m[i] ? mx : m[i];
+        alpha[i] = m[i] == -INFINITY ? 0.0f : expf(m[i] - mnew);
+        sum = kc_vec_exp_sum(si, nv, mnew);
+        for (int64_t u = nv; u < T; u++) {
+            si[u] = 0.0f;
+        }
+        lsum[i] = lsum[i] * alpha[i] + sum;
+        m[i] = mnew;
+    }
+}
+
 /* One unit of the fused path for nq query vectors (a constant after inlining)
  * over rows of layout dtype dt. */
 KC_AI void kc_few_run(const kc_mla_few_args *a, const int nq, const kvl_dtype dt)
@@ -776,24 +836,12 @@ KC_AI void kc_few_run(const kc_mla_few_args *a, const int nq, const kvl_dtype dt
         const uint8_t *row0 = a->kv_base +
                               (uint64_t)a->page_table[t0 / KVL_PAGE_TOKENS] * l->page_bytes +
                               (uint64_t)(t0 % KVL_PAGE_TOKENS) * rb;
-        int64_t tp = t0 + KC_MLA_FEW_PF;
         int nr = KC_FEW_NR(nq), nc = KC_FEW_NC(nq), t = 0, raw = 0;
-
-        /* the block KC_MLA_FEW_PF rows ahead (a block never straddles a
-         * page, so it is one contiguous run): the hardware prefetcher alone
-         * restarts at every page and leaves the loads exposed */
-        if (tp < a->r1) {
-            const uint8_t *pf = a->kv_base +
-                                (uint64_t)a->page_table[tp / KVL_PAGE_TOKENS] * l->page_bytes +
-                                (uint64_t)(tp % KVL_PAGE_TOKENS) * rb;
-            int64_t bytes = kc_min64(T, a->r1 - tp) * rb;
-            for (int64_t off = 0; off < bytes; off += 64) {
-                __builtin_prefetch(pf + off, 0, 3);
-            }
-        }
+        kc_few_pf pf = kc_few_pf_block(a, t0);
 
         /* scores S[i, t] */
         for (; t + nr <= nt; t += nr) {
+            kc_few_pf_step(&pf, nr * rb);
             if (dt == KVL_DTYPE_FP8) {
                 kc_few_scores_fp8(nq, nr, qp, ldq, qf, row0 + t * rb, rb, l, S + t, T);
             } else if (dt == KVL_DTYPE_BF16) {
@@ -812,27 +860,9 @@ KC_AI void kc_few_run(const kc_mla_few_args *a, const int nq, const kvl_dtype dt
             }
         }
 
-        /* online softmax; rows past a vector's last visible row weigh 0 */
-        for (int i = 0; i < nq; i++) {
-            int64_t nv = kc_min64(nt, a->last[i] - t0 + 1);
-            float *si = S + i * T, mx = -INFINITY, mnew, sum;
-            if (nv <= 0) {
-                memset(si, 0, (size_t)T * 4);
-                alpha[i] = 1.0f;
-                continue;
-            }
-            for (int64_t u = 0; u < nv; u++) {
-                mx = si[u] > mx ? si[u] : mx;
-            }
-            mnew = mx > m[i] ? mx : m[i];
-            alpha[i] = m[i] == -INFINITY ? 0.0f : expf(m[i] - mnew);
-            sum = kc_vec_exp_sum(si, nv, mnew);
-            for (int64_t u = nv; u < T; u++) {
-                si[u] = 0.0f;
-            }
-            lsum[i] = lsum[i] * alpha[i] + sum;
-            m[i] = mnew;
-        }
+        kc_few_pf_step(&pf, pf.bytes);
+
+        kc_few_softmax(nq, nt, t0, a->last, S, T, m, lsum, alpha);
 
         /* O += P . V over the latent columns */
         if (dt == KVL_DTYPE_FP8) {
@@ -1034,17 +1064,18 @@ static float kc_vec_fma_loop(int64_t iters)
     return v_reduce_add(s);
 }
 
-#define KC_VEC_OPS_ENTRIES(MATMUL_ROWS)             \
+#define KC_VEC_OPS_ENTRIES(MATMUL_ROWS, MLA_FEW, FEW_AUTO_FP8) \
     .matmul_rows = MATMUL_ROWS,                     \
     .matmul_t_cols = kc_vec_matmul_t_cols,          \
     .mla_decode = kc_vec_mla_decode,                \
     .mla_scores = kc_vec_mla_scores,                \
     .mla_pv = kc_vec_mla_pv,                        \
-    .mla_few = kc_vec_mla_few,                      \
+    .mla_few = MLA_FEW,                             \
     .exp_sum = kc_vec_exp_sum,                      \
     .scale = kc_vec_scale,                          \
     .rmsnorm = kc_vec_rmsnorm,                      \
     .silu_mul = kc_vec_silu_mul,                    \
     .read_sum = kc_vec_read_sum,                    \
     .fma_loop = kc_vec_fma_loop,                    \
-    .lanes = VL
+    .lanes = VL,                                    \
+    .mla_few_auto_fp8 = FEW_AUTO_FP8

@@ -382,6 +382,16 @@ static const mla_case mla_cases[] = {
     {KVL_DTYPE_FP8, 256, 32, 2, 1, {800}, {1}, 1e-3f},
 };
 
+/* Relative L2 error allowed against the f32 reference: f32 arithmetic
+ * throughout, except the AVX512-BF16 fused fp8 path, which (as FlashMLA)
+ * rounds the query and the softmax weights to bf16 (2^-9 relative each) and
+ * accumulates in f32. */
+static double mla_tolerance(const mla_case *c, int isa)
+{
+    return c->dtype == KVL_DTYPE_FP8 && isa == KC_ISA_AVX512_BF16 ? 4e-3 : 1e-5;
+}
+
+/* The largest error over every ISA and path, as a fraction of its tolerance. */
 static double run_mla_case(const mla_case *c, kc_pool *pool, int verbose, double *worst_p)
 {
     kvl_layout l;
@@ -476,16 +486,16 @@ static double run_mla_case(const mla_case *c, kc_pool *pool, int verbose, double
             kc_mla_attention(pl, &p, ws);
             free(ws);
             ws = NULL;
-            e = mls_test_rel_l2(out, ref, (size_t)(total_q * H * R));
+            e = mls_test_rel_l2(out, ref, (size_t)(total_q * H * R)) / mla_tolerance(c, isa);
             if (!(e <= err)) {
                 err = isnan(e) ? INFINITY : e;
             }
-            if (worst_p != NULL && !(e <= worst_p[isa])) {
-                worst_p[isa] = isnan(e) ? INFINITY : e;
+            if (worst_p != NULL && !(e * mla_tolerance(c, isa) <= worst_p[isa])) {
+                worst_p[isa] = isnan(e) ? INFINITY : e * mla_tolerance(c, isa);
             }
             if (verbose) {
                 fprintf(stderr, "    %s pool %d few %d: rel L2 %.2e\n", kc_isa_name((kc_isa)isa), pi,
-                        kc_mla_few_force, e);
+                        kc_mla_few_force, e * mla_tolerance(c, isa));
             }
         }
     }
@@ -513,9 +523,9 @@ static void test_mla(void)
     for (size_t i = 0; i < sizeof(mla_cases) / sizeof(mla_cases[0]); i++) {
         const mla_case *c = &mla_cases[i];
         double e = run_mla_case(c, pool, 0, worst);
-        fprintf(stderr, "  case %zu: %s R=%u D=%u H=%d seqs=%d: max rel L2 %.2e\n", i,
-                kvl_dtype_name(c->dtype), c->R, c->D, c->H, c->n_seqs, e);
-        if (!(e >= 0 && e <= 1e-5)) {
+        fprintf(stderr, "  case %zu: %s R=%u D=%u H=%d seqs=%d: max rel L2 / tolerance %.2f\n",
+                i, kvl_dtype_name(c->dtype), c->R, c->D, c->H, c->n_seqs, e);
+        if (!(e >= 0 && e <= 1.0)) {
             kc_pool_destroy(pool);
             CHECK_MSG(0, "mla case %zu: error %g (or out of memory)", i, e);
         }
