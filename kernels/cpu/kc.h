@@ -146,6 +146,14 @@ void kc_mla_attention_ref(const kc_mla_params *p);
  * thread of pool (best of `reps`). The reference the benches divide by. */
 double kc_measure_read_bandwidth(kc_pool *pool, size_t bytes, int reps);
 
+/* Read bandwidth in bytes/s of one pass over n_pages pages of page_bytes
+ * (a multiple of 256 is read) at base + pages[i] * page_bytes, in that order,
+ * split over every thread of pool, each page's successor prefetched while it
+ * is read: what a kernel streaming those pages could reach, as opposed to one
+ * contiguous buffer. */
+double kc_measure_paged_read(kc_pool *pool, const uint8_t *base, const uint32_t *pages,
+                             int64_t n_pages, size_t page_bytes);
+
 /* Measured f32 FMA throughput in FLOP/s of the active ISA on every thread of
  * pool (a register-only FMA loop, best of `reps`): the compute roof the
  * benches classify against. */

@@ -93,8 +93,10 @@ typedef struct kc_ops {
     void (*scale)(float *x, int64_t n, float a);
     void (*rmsnorm)(const float *x, const float *w, int64_t n, int64_t dim, float eps, float *out);
     void (*silu_mul)(float *gate, const float *up, int64_t n);
-    /* Reads every byte of p[0, bytes) (bytes % 256 == 0); returns a checksum. */
-    uint64_t (*read_sum)(const void *p, size_t bytes);
+    /* Reads every byte of p[0, bytes) (bytes % 256 == 0, p 64-byte aligned)
+     * and prefetches pf[0, bytes) into L2 on the way unless pf is NULL;
+     * returns a checksum. */
+    uint64_t (*read_sum)(const void *p, size_t bytes, const void *pf);
     /* iters rounds of KC_FMA_CHAINS independent vector FMAs; returns a checksum. */
     float (*fma_loop)(int64_t iters);
     int lanes;            /* f32 lanes per vector */

@@ -1011,12 +1011,19 @@ static void kc_vec_silu_mul(float *gate, const float *up, int64_t n)
     }
 }
 
-static uint64_t kc_vec_read_sum(const void *p, size_t bytes)
+/* pf (NULL: none) is prefetched into L2 line by line as p is read. */
+static uint64_t kc_vec_read_sum(const void *p, size_t bytes, const void *pf)
 {
+    const char *q = pf;
 #if KC_SIMD == 2
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
     const __m512i *v = p;
     for (size_t i = 0; i < bytes / 64; i += 4) {
+        if (q != NULL) {
+            for (int k = 0; k < 4; k++) {
+                __builtin_prefetch(q + (i + (size_t)k) * 64, 0, 2);
+            }
+        }
         a0 = _mm512_add_epi64(a0, _mm512_load_si512(v + i));
         a1 = _mm512_add_epi64(a1, _mm512_load_si512(v + i + 1));
         a2 = _mm512_add_epi64(a2, _mm512_load_si512(v + i + 2));
@@ -1028,6 +1035,10 @@ static uint64_t kc_vec_read_sum(const void *p, size_t bytes)
     __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
     const __m256i *v = p;
     for (size_t i = 0; i < bytes / 32; i += 4) {
+        if (q != NULL) {
+            __builtin_prefetch(q + i * 32, 0, 2);
+            __builtin_prefetch(q + i * 32 + 64, 0, 2);
+        }
         a0 = _mm256_add_epi64(a0, _mm256_load_si256(v + i));
         a1 = _mm256_add_epi64(a1, _mm256_load_si256(v + i + 1));
         a2 = _mm256_add_epi64(a2, _mm256_load_si256(v + i + 2));
@@ -1040,6 +1051,9 @@ static uint64_t kc_vec_read_sum(const void *p, size_t bytes)
     const uint64_t *v = p;
     uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
     for (size_t i = 0; i < bytes / 8; i += 4) {
+        if (q != NULL && i % 8 == 0) {
+            __builtin_prefetch(q + i * 8, 0, 2);
+        }
         a0 += v[i];
         a1 += v[i + 1];
         a2 += v[i + 2];
