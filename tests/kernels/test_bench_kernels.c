@@ -106,7 +106,8 @@ static void test_bench_json(void)
         CHECK(num_ok(item, "intensity_flop_per_byte"));
         CHECK(stat_ok(item, "time_ms") && stat_ok(item, "bandwidth_gbs"));
         CHECK(stat_ok(item, "bandwidth_ratio") && stat_ok(item, "gflops"));
-        CHECK(stat_ok(item, "peak_flops_ratio"));
+        CHECK(stat_ok(item, "peak_flops_ratio") && stat_ok(item, "paged_read_ratio"));
+        CHECK(num_ok(item, "probe_bandwidth_gbs") && num_ok(item, "paged_read_gbs"));
         CHECK(cJSON_IsString(kv) && (strcmp(kv->valuestring, "bf16") == 0 ||
                                      strcmp(kv->valuestring, "fp8") == 0));
         CHECK(cJSON_IsString(bound) && (strcmp(bound->valuestring, "memory") == 0 ||
