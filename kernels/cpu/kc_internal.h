@@ -24,9 +24,9 @@
  * reusing it for every vector wins (measured on Zen 4). Rows are consumed
  * KC_MLA_FEW_ROWS at a time (a divisor of a page), each block's rows
  * prefetched into L2 KC_MLA_FEW_PF rows ahead, spread over the block's
- * scoring (Zen 4, 1 head, 64 MiB of bf16 KV, 2 threads: a burst of L1
- * prefetches per block 0.57 of read bandwidth; spread L2 prefetches 32, 128,
- * 256 rows ahead 0.9-1.0, 512 rows 0.7). */
+ * work (Zen 4, 1 head, bf16 KV, 2 threads: a burst of L1 prefetches per
+ * block ~0.6 of a read of the same pages; L2 prefetches spread over the
+ * scores 32..256 rows ahead ~0.75, over scores and P.V ~0.85). */
 #define KC_MLA_FEW_QV        4
 #define KC_MLA_FEW_AUTO_BF16 4 /* f32 and bf16 rows */
 #define KC_MLA_FEW_AUTO_FP8  2 /* fp8 rows widened to f32 (the AVX512-BF16 table path: 4) */

@@ -401,7 +401,7 @@ KC_F8_TGT void kc_f8_run(const kc_mla_few_args *a, const int nq)
         kc_few_pf pf = kc_few_pf_block(a, t0);
 
         for (; t + nr <= nt; t += nr) {
-            kc_few_pf_step(&pf, nr * rb);
+            kc_few_pf_step(&pf, nr * rb / 2);
             if (nr == 4) {
                 kc_f8_scores(&lut, nq, 4, qb, ldq, row0 + t * rb, rb, l, S + t, T,
                              tile + t * RP, RP);
@@ -414,7 +414,6 @@ KC_F8_TGT void kc_f8_run(const kc_mla_few_args *a, const int nq)
             kc_f8_scores(&lut, nq, 1, qb, ldq, row0 + t * rb, rb, l, S + t, T, tile + t * RP,
                          RP);
         }
-        kc_few_pf_step(&pf, pf.bytes);
         kc_few_softmax(nq, nt, t0, a->last, S, T, m, lsum, alpha);
 
         /* weights per (64-channel chunk, vector, row pair): P times the
@@ -435,9 +434,11 @@ KC_F8_TGT void kc_f8_run(const kc_mla_few_args *a, const int nq)
         {
             int64_t c = 0;
             for (; nq <= 2 && c + 128 <= R; c += 128) {
+                kc_few_pf_step(&pf, (pf.bytes - pf.off) * 128 / (R - c) + 64);
                 kc_f8_pv(nq, 2, pw + (c / 64) * nq * ldw, ldw, nq * ldw, tile, RP, nt, c, alpha,
                          op, RP);
             }
+            kc_few_pf_step(&pf, pf.bytes);
             for (; c < R; c += 64) {
                 kc_f8_pv(nq, 1, pw + (c / 64) * nq * ldw, ldw, nq * ldw, tile, RP, nt, c, alpha,
                          op, RP);

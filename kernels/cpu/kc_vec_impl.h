@@ -726,9 +726,10 @@ KC_DEFINE_FEW_PV(kc_few_pv_fp8, uint8_t, v_load_fp8x2)
 KC_DEFINE_FEW_PV(kc_few_pv_fp8raw, uint8_t, v_load_fp8x2_raw)
 
 /* The block KC_MLA_FEW_PF rows ahead of row t0 (a block never straddles a
- * page, so it is one contiguous run), prefetched into L2 a row's worth per
- * row scored: the hardware prefetcher alone restarts at every page, and one
- * burst per block stalls on the miss buffers. */
+ * page, so it is one contiguous run), prefetched into L2 evenly over the
+ * block's work: half a row's worth per row scored, the rest spread over P.V.
+ * The hardware prefetcher alone restarts at every page, and one burst per
+ * block stalls on the miss buffers. */
 typedef struct {
     const uint8_t *p;
     int64_t bytes, off;
@@ -841,7 +842,7 @@ KC_AI void kc_few_run(const kc_mla_few_args *a, const int nq, const kvl_dtype dt
 
         /* scores S[i, t] */
         for (; t + nr <= nt; t += nr) {
-            kc_few_pf_step(&pf, nr * rb);
+            kc_few_pf_step(&pf, nr * rb / 2);
             if (dt == KVL_DTYPE_FP8) {
                 kc_few_scores_fp8(nq, nr, qp, ldq, qf, row0 + t * rb, rb, l, S + t, T);
             } else if (dt == KVL_DTYPE_BF16) {
@@ -859,8 +860,6 @@ KC_AI void kc_few_run(const kc_mla_few_args *a, const int nq, const kvl_dtype dt
                 kc_few_scores_f32(nq, 1, qp, ldq, row0 + t * rb, rb, K, S + t, T);
             }
         }
-
-        kc_few_pf_step(&pf, pf.bytes);
 
         kc_few_softmax(nq, nt, t0, a->last, S, T, m, lsum, alpha);
 
@@ -889,6 +888,7 @@ KC_AI void kc_few_run(const kc_mla_few_args *a, const int nq, const kvl_dtype dt
         {
             int64_t c = 0;
             for (; c + nc * KC_PW <= rfull; c += nc * KC_PW) {
+                kc_few_pf_step(&pf, (pf.bytes - pf.off) * nc * KC_PW / (rfull - c) + 64);
                 if (dt == KVL_DTYPE_FP8) {
                     const float *pb = ps + (c / KVL_FP8_TILE) * nq * T;
                     if (raw) {
@@ -916,6 +916,7 @@ KC_AI void kc_few_run(const kc_mla_few_args *a, const int nq, const kvl_dtype dt
                     kc_few_pv_f32(nq, 1, S, T, row0, rb, nt, c, alpha, op, ldo);
                 }
             }
+            kc_few_pf_step(&pf, pf.bytes);
             for (; c < R; c++) {
                 for (int i = 0; i < nq; i++) {
                     float acc = op[i * ldo + c] * alpha[i];
