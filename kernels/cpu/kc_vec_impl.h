@@ -1030,8 +1030,16 @@ static uint64_t kc_vec_read_sum(const void *p, size_t bytes, const void *pf)
         a2 = _mm512_add_epi64(a2, _mm512_load_si512(v + i + 2));
         a3 = _mm512_add_epi64(a3, _mm512_load_si512(v + i + 3));
     }
-    return (uint64_t)_mm512_reduce_add_epi64(
-        _mm512_add_epi64(_mm512_add_epi64(a0, a1), _mm512_add_epi64(a2, a3)));
+    {
+        /* summed as unsigned: the checksum of arbitrary bytes wraps */
+        uint64_t lanes[8], sum = 0;
+        _mm512_storeu_si512(lanes, _mm512_add_epi64(_mm512_add_epi64(a0, a1),
+                                                     _mm512_add_epi64(a2, a3)));
+        for (int k = 0; k < 8; k++) {
+            sum += lanes[k];
+        }
+        return sum;
+    }
 #elif KC_SIMD == 1
     __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
     const __m256i *v = p;
