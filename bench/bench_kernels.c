@@ -17,7 +17,7 @@
  * many bytes as the rep streams), and the bandwidth ratios are the per-rep
  * ratios, so that a shared, noisy machine whose load changes during the run
  * still compares like with like; the run-wide figures head the report. Cases
- * whose data is smaller than 256 MiB cycle through copies of it, so that
+ * whose data is smaller than 256 MiB (64 MiB with --quick) cycle through copies of it, so that
  * nothing is timed out of the last-level cache. The MLA cases are also
  * divided by a plain read of the same shuffled 64-token pages (taken in the
  * same rep): the ceiling the paged layout itself leaves a kernel, apart from
@@ -59,13 +59,17 @@ typedef struct {
 
 /* Every timed case streams at least this much memory per round: a case
  * smaller than that (or than a few times the last-level cache) cycles
- * through copies of its data, so that no case is timed out of cache. */
-#define BK_STREAM_BYTES ((size_t)256 << 20)
-
-/* Copies of `bytes` of data that make up BK_STREAM_BYTES. */
-static int bk_copies(size_t bytes)
+ * through copies of its data, so that no case is timed out of cache.
+ * --quick (a smoke run) streams a quarter of it. */
+static size_t bk_stream_bytes(const bk_ctx *c)
 {
-    size_t n = (BK_STREAM_BYTES + bytes - 1) / (bytes ? bytes : 1);
+    return (size_t)(c->o.quick ? 64 : 256) << 20;
+}
+
+/* Copies of `bytes` of data that make up bk_stream_bytes. */
+static int bk_copies(const bk_ctx *c, size_t bytes)
+{
+    size_t n = (bk_stream_bytes(c) + bytes - 1) / (bytes ? bytes : 1);
     return n < 1 ? 1 : (int)n;
 }
 
@@ -120,12 +124,12 @@ static void bk_json_item_begin(bk_ctx *c)
     c->first_item = 0;
 }
 
-/* Read bandwidth right now (bytes/s): one streaming pass over BK_STREAM_BYTES,
+/* Read bandwidth right now (bytes/s): one streaming pass over bk_stream_bytes,
  * as much as a timed case streams; falls back to the run-wide figure if it
  * fails. Each rep of a case is paired with a probe taken just before it. */
 static double bk_probe_bw(const bk_ctx *c)
 {
-    double bw = kc_measure_read_bandwidth(c->pool, BK_STREAM_BYTES, 1);
+    double bw = kc_measure_read_bandwidth(c->pool, bk_stream_bytes(c), 1);
     return bw > 0 ? bw : c->bw;
 }
 
@@ -169,7 +173,7 @@ static int bk_mla_run(bk_ctx *c, const bk_mla_case *mc)
     }
     seqs = calloc((size_t)mc->batch, sizeof(*seqs));
     tables = malloc((size_t)n_pages * 4);
-    copies = bk_copies((size_t)n_pages * l.page_bytes);
+    copies = bk_copies(c, (size_t)n_pages * l.page_bytes);
     kv = bk_alloc64((size_t)n_pages * l.page_bytes * (size_t)copies);
     ql = malloc((size_t)(nq * R) * 4);
     qr = malloc((size_t)(nq * D) * 4);
@@ -318,7 +322,7 @@ static int bk_matmul_run(bk_ctx *c, kc_dtype dt, int64_t rows, int64_t cols, int
 {
     int64_t elems = rows * cols, srows = (rows + 127) / 128, scols = (cols + 127) / 128;
     size_t wbytes = (size_t)elems * (dt == KC_DTYPE_FP8_E4M3 ? 1 : 2);
-    int copies = gemm ? 1 : bk_copies(wbytes);
+    int copies = gemm ? 1 : bk_copies(c, wbytes);
     uint8_t *data = bk_alloc64(wbytes * (size_t)copies);
     float *scales = malloc((size_t)(srows * scols) * 4);
     float *x = malloc((size_t)(n * cols) * 4), *y = malloc((size_t)(n * rows) * 4);
@@ -420,7 +424,8 @@ static void bk_usage(FILE *f)
                "  CPU kernel throughput vs this machine's measured bandwidth and FMA peak:\n"
                "  MLA decode attention (bf16/fp8 KV), GEMV (decode), GEMM (prefill).\n"
                "  --json       one JSON object instead of tables\n"
-               "  --quick      small grid (< 10 s)\n"
+               "  --quick      small grid, 64 MiB streamed per case: a smoke run (< 10 s);\n"
+               "               the figures to quote come from the full run\n"
                "  --threads N  pool threads (default: online cores)\n"
                "  --reps N     runs per figure, reported as min/median/max (default 5)\n");
 }
