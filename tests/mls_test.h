@@ -92,8 +92,13 @@ static int mls_test_cur_skipped;
         return;                                                                \
     } while (0)
 
+/* MLS_TEST_ONLY=substring runs only the tests whose name contains it. */
 #define MLS_TEST_RUN(fn)                                                       \
     do {                                                                       \
+        const char *only_ = getenv("MLS_TEST_ONLY");                           \
+        if (only_ != NULL && strstr(#fn, only_) == NULL) {                     \
+            break;                                                             \
+        }                                                                      \
         mls_test_cur_failed = 0;                                               \
         mls_test_cur_skipped = 0;                                              \
         fprintf(stderr, "RUN  %s\n", #fn);                                     \

@@ -233,7 +233,9 @@ static void call_run(call *k)
              prompt_ids[k->prompt], k->max_tokens, k->stream ? "true" : "false",
              k->stream ? ",\"stream_options\":{\"include_usage\":true}" : "");
     k->utf8_ok = true;
-    if (cl_post(k->port, "/v1/completions", body, 120, &r) != 0) {
+    /* generous: under TSan, with other tests running beside it, one
+     * surviving prefill node takes ~2 minutes for the failover test's prompts */
+    if (cl_post(k->port, "/v1/completions", body, 400, &r) != 0) {
         k->status = -1;
         free(body);
         return;
