@@ -23,31 +23,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench_stat.h"
 #include "kcu.h"
 #include "mls_num.h"
 
 #define BENCH_MAX_REPS 64
 #define BENCH_ROTATE_BYTES (512ull << 20) /* >> the 50-60 MB L2 of H100/H200 */
-
-typedef struct {
-    double min, med, max;
-} bench_stat;
-
-static int dbl_cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : (x > y);
-}
-
-static bench_stat bench_stats(double *v, int n)
-{
-    bench_stat s;
-    qsort(v, (size_t)n, sizeof(double), dbl_cmp);
-    s.min = v[0];
-    s.max = v[n - 1];
-    s.med = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-    return s;
-}
 
 static bench_stat bench_copy(kcu_ctx *ctx, int reps, mls_err *err, mls_status *st_p)
 {
@@ -78,7 +59,7 @@ static bench_stat bench_copy(kcu_ctx *ctx, int reps, mls_err *err, mls_status *s
         }
         bw[r] = 2.0 * (double)bytes * iters / (mls_now_s() - t0);
     }
-    s = bench_stats(bw, reps);
+    s = bench_stat_of(bw, reps);
 done:
     kcu_free(dst);
     kcu_free(src);
@@ -182,9 +163,9 @@ static mls_status bench_mla_one(kcu_ctx *ctx, uint8_t *pool, size_t pool_bytes, 
         bw[r] = bytes / dt;
         us[r] = dt * 1e6;
     }
-    res->gbs = bench_stats(bw, reps);
+    res->gbs = bench_stat_of(bw, reps);
     {
-        bench_stat u = bench_stats(us, reps);
+        bench_stat u = bench_stat_of(us, reps);
         res->us_med = u.med;
     }
     res->tflops_med = (double)B * len * H * (2.0 * (R + D) + 2.0 * R) / (res->us_med * 1e-6) / 1e12;

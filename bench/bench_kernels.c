@@ -30,16 +30,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench_stat.h"
 #include "kc.h"
 #include "mls_cli.h"
 #include "mls_kv_layout.h"
 #include "mls_num.h"
 
 #define BK_MAX_REPS 64
-
-typedef struct {
-    double min, med, max;
-} bk_stat;
 
 typedef struct {
     int json;
@@ -80,28 +77,6 @@ static void *bk_alloc64(size_t bytes)
     return posix_memalign(&p, 64, bytes) == 0 ? p : NULL;
 }
 
-static int bk_cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static bk_stat bk_stats(double *v, int n)
-{
-    bk_stat s;
-    qsort(v, (size_t)n, sizeof(double), bk_cmp);
-    s.min = v[0];
-    s.max = v[n - 1];
-    s.med = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-    return s;
-}
-
-static bk_stat bk_scale(bk_stat s, double k)
-{
-    bk_stat r = {s.min * k, s.med * k, s.max * k};
-    return r;
-}
-
 static uint64_t bk_rng = 0x2545f4914f6cdd1dull;
 
 static float bk_rand(void)
@@ -112,7 +87,7 @@ static float bk_rand(void)
     return (float)((double)(bk_rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
 }
 
-static void bk_json_stat(FILE *f, const char *name, bk_stat s, int last)
+static void bk_json_stat(FILE *f, const char *name, bench_stat s, int last)
 {
     fprintf(f, "\"%s\": {\"min\": %.6g, \"median\": %.6g, \"max\": %.6g}%s", name, s.min, s.med,
             s.max, last ? "" : ", ");
@@ -134,13 +109,13 @@ static double bk_probe_bw(const bk_ctx *c)
 }
 
 /* Per-rep ratio of a case's rate (bytes / t[r]) to its paired probe pr[r]. */
-static bk_stat bk_paired_ratio(double bytes, const double *t, const double *pr, int n)
+static bench_stat bk_paired_ratio(double bytes, const double *t, const double *pr, int n)
 {
     double v[BK_MAX_REPS];
     for (int r = 0; r < n; r++) {
         v[r] = bytes / t[r] / pr[r];
     }
-    return bk_stats(v, n);
+    return bench_stat_of(v, n);
 }
 
 /* ---- MLA decode ------------------------------------------------------------------ */
@@ -266,25 +241,25 @@ static int bk_mla_run(bk_ctx *c, const bk_mla_case *mc)
         t[r] = (mls_now_s() - t0) / iters;
     }
     {
-        bk_stat ratio = bk_paired_ratio(kv_bytes + q_bytes, t, pr, c->o.reps);
-        bk_stat pratio = bk_paired_ratio(kv_bytes, t, pg, c->o.reps);
-        bk_stat ts = bk_stats(t, c->o.reps);
+        bench_stat ratio = bk_paired_ratio(kv_bytes + q_bytes, t, pr, c->o.reps);
+        bench_stat pratio = bk_paired_ratio(kv_bytes, t, pg, c->o.reps);
+        bench_stat ts = bench_stat_of(t, c->o.reps);
         /* rates: fastest time gives the max rate */
-        bk_stat bw = {(kv_bytes + q_bytes) / ts.max, (kv_bytes + q_bytes) / ts.med,
+        bench_stat bw = {(kv_bytes + q_bytes) / ts.max, (kv_bytes + q_bytes) / ts.med,
                       (kv_bytes + q_bytes) / ts.min};
-        bk_stat gf = {flops / ts.max / 1e9, flops / ts.med / 1e9, flops / ts.min / 1e9};
-        bk_stat peak_ratio = bk_scale(gf, 1e9 / c->peak);
+        bench_stat gf = {flops / ts.max / 1e9, flops / ts.med / 1e9, flops / ts.min / 1e9};
+        bench_stat peak_ratio = bench_stat_scale(gf, 1e9 / c->peak);
         const char *bound = intensity > c->peak / c->bw ? "compute" : "memory";
-        probe_bw = bk_stats(pr, c->o.reps).med;
-        paged_bw = bk_stats(pg, c->o.reps).med;
+        probe_bw = bench_stat_of(pr, c->o.reps).med;
+        paged_bw = bench_stat_of(pg, c->o.reps).med;
         if (c->o.json) {
             bk_json_item_begin(c);
             fprintf(c->out, "\"kv_dtype\": \"%s\", \"heads\": %d, \"context\": %d, \"batch\": %d, "
                     "\"bytes\": %.6g, \"flops\": %.6g, \"intensity_flop_per_byte\": %.6g, "
                     "\"bound\": \"%s\", ", kvl_dtype_name(mc->dtype), mc->heads, mc->context,
                     mc->batch, kv_bytes + q_bytes, flops, intensity, bound);
-            bk_json_stat(c->out, "time_ms", bk_scale(ts, 1e3), 0);
-            bk_json_stat(c->out, "bandwidth_gbs", bk_scale(bw, 1e-9), 0);
+            bk_json_stat(c->out, "time_ms", bench_stat_scale(ts, 1e3), 0);
+            bk_json_stat(c->out, "bandwidth_gbs", bench_stat_scale(bw, 1e-9), 0);
             bk_json_stat(c->out, "bandwidth_ratio", ratio, 0);
             fprintf(c->out, "\"probe_bandwidth_gbs\": %.6g, \"paged_read_gbs\": %.6g, ",
                     probe_bw * 1e-9, paged_bw * 1e-9);
@@ -377,19 +352,19 @@ static int bk_matmul_run(bk_ctx *c, kc_dtype dt, int64_t rows, int64_t cols, int
         t[r] = (mls_now_s() - t0) / iters;
     }
     {
-        bk_stat pratio = bk_paired_ratio(bytes, t, pr, c->o.reps);
-        bk_stat ts = bk_stats(t, c->o.reps);
-        bk_stat bw = {bytes / ts.max, bytes / ts.med, bytes / ts.min};
-        bk_stat gf = {flops / ts.max / 1e9, flops / ts.med / 1e9, flops / ts.min / 1e9};
-        bk_stat ratio = gemm ? bk_scale(gf, 1e9 / c->peak) : pratio;
-        probe_bw = bk_stats(pr, c->o.reps).med;
+        bench_stat pratio = bk_paired_ratio(bytes, t, pr, c->o.reps);
+        bench_stat ts = bench_stat_of(t, c->o.reps);
+        bench_stat bw = {bytes / ts.max, bytes / ts.med, bytes / ts.min};
+        bench_stat gf = {flops / ts.max / 1e9, flops / ts.med / 1e9, flops / ts.min / 1e9};
+        bench_stat ratio = gemm ? bench_stat_scale(gf, 1e9 / c->peak) : pratio;
+        probe_bw = bench_stat_of(pr, c->o.reps).med;
         if (c->o.json) {
             bk_json_item_begin(c);
             fprintf(c->out, "\"dtype\": \"%s\", \"n\": %lld, \"rows\": %lld, \"cols\": %lld, "
                     "\"bytes\": %.6g, \"flops\": %.6g, ", dname, (long long)n, (long long)rows,
                     (long long)cols, bytes, flops);
-            bk_json_stat(c->out, "time_ms", bk_scale(ts, 1e3), 0);
-            bk_json_stat(c->out, "bandwidth_gbs", bk_scale(bw, 1e-9), 0);
+            bk_json_stat(c->out, "time_ms", bench_stat_scale(ts, 1e3), 0);
+            bk_json_stat(c->out, "bandwidth_gbs", bench_stat_scale(bw, 1e-9), 0);
             bk_json_stat(c->out, "gflops", gf, 0);
             if (!gemm) {
                 fprintf(c->out, "\"probe_bandwidth_gbs\": %.6g, ", probe_bw * 1e-9);
@@ -477,7 +452,7 @@ int mls_cmd_bench_kernels(int argc, char **argv)
 {
     bk_ctx c;
     double v[BK_MAX_REPS], f[BK_MAX_REPS];
-    bk_stat bw, pk;
+    bench_stat bw, pk;
     int rc;
     static const bk_mla_case full_grid[] = {
         /* dtype filled in below; heads, context, batch */
@@ -506,8 +481,8 @@ int mls_cmd_bench_kernels(int argc, char **argv)
         v[r] = kc_measure_read_bandwidth(c.pool, (c.o.quick ? 64u : 256u) << 20, 1);
         f[r] = kc_measure_peak_flops(c.pool, 1);
     }
-    bw = bk_stats(v, c.o.reps);
-    pk = bk_stats(f, c.o.reps);
+    bw = bench_stat_of(v, c.o.reps);
+    pk = bench_stat_of(f, c.o.reps);
     c.bw = bw.med;
     c.peak = pk.med;
     if (!(c.bw > 0) || !(c.peak > 0)) {
@@ -523,8 +498,8 @@ int mls_cmd_bench_kernels(int argc, char **argv)
         printf("{\"threads\": %d, \"isa\": \"%s\", \"reps\": %d, \"quick\": %s, ",
                kc_pool_size(c.pool), kc_isa_name(kc_isa_active()), c.o.reps,
                c.o.quick ? "true" : "false");
-        bk_json_stat(stdout, "memory_bandwidth_gbs", bk_scale(bw, 1e-9), 0);
-        bk_json_stat(stdout, "peak_gflops", bk_scale(pk, 1e-9), 0);
+        bk_json_stat(stdout, "memory_bandwidth_gbs", bench_stat_scale(bw, 1e-9), 0);
+        bk_json_stat(stdout, "peak_gflops", bench_stat_scale(pk, 1e-9), 0);
         printf("\"balance_flop_per_byte\": %.6g,\n \"mla_decode\": [", c.peak / c.bw);
     } else {
         printf("mlaserve bench kernels: %d threads, ISA %s, %d reps (min/median/max)\n",

@@ -38,6 +38,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 
+#include "bench_stat.h"
 #include "kvx.h"
 #include "mls_cli.h"
 #include "mls_num.h"
@@ -50,21 +51,17 @@ extern char **environ;
 #define BK_LEASE_MS    120000u
 
 typedef struct {
-    double min, median, max;
-} bk_stat;
-
-typedef struct {
     char name[48];
     uint64_t bytes; /* per message / request */
     uint32_t tokens, layers, row_bytes;
     uint32_t window, count; /* requests in flight, requests per rep */
     uint64_t run_bytes;     /* size given to ucx_perftest */
-    bk_stat gbps;
+    bench_stat gbps;
     double perftest_gbps; /* NAN when it could not run */
-    bk_stat ratio;
-    bk_stat last_to_ready_us; /* requests only */
+    bench_stat ratio;
+    bench_stat last_to_ready_us; /* requests only */
     double perftest_req_gbps; /* requests only: ucx_perftest moving the whole request at once */
-    bk_stat ratio_req;
+    bench_stat ratio_req;
     bool ok;
     char error[600];
 } bk_item;
@@ -73,7 +70,7 @@ typedef struct {
     char tls[128];
     char path[8]; /* what the transport picked */
     const char *perftest_test;
-    bk_stat setup_us;
+    bench_stat setup_us;
     bool setup_ok;
     bk_item plain[BK_MAX_ITEMS];
     int n_plain;
@@ -91,25 +88,6 @@ typedef struct {
 } bk_opts;
 
 /* ---- small helpers ------------------------------------------------------- */
-
-static int bk_cmp_dbl(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static bk_stat bk_stat_of(double *v, int n)
-{
-    bk_stat s = {NAN, NAN, NAN};
-    if (n <= 0) {
-        return s;
-    }
-    qsort(v, (size_t)n, sizeof(double), bk_cmp_dbl);
-    s.min = v[0];
-    s.max = v[n - 1];
-    s.median = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-    return s;
-}
 
 static uint16_t bk_free_port(void)
 {
@@ -644,10 +622,10 @@ static void bk_item_finish(const bk_opts *o, bk_item *it, bk_run *run, int rc, c
 {
     it->ok = rc == 0;
     snprintf(it->error, sizeof(it->error), "%s", run->error);
-    it->gbps = bk_stat_of(run->gbps, it->ok ? (int)run->reps : 0);
+    it->gbps = bench_stat_of(run->gbps, it->ok ? (int)run->reps : 0);
     double last[BK_MAX_REPS];
     memcpy(last, run->last_to_ready_us, sizeof(last));
-    it->last_to_ready_us = bk_stat_of(last, it->ok && run->count == 1 ? (int)run->reps : 0);
+    it->last_to_ready_us = bench_stat_of(last, it->ok && run->count == 1 ? (int)run->reps : 0);
     uint64_t target = o->quick ? (64ull << 20) : (1ull << 30);
     uint64_t iters = target / it->run_bytes;
     iters = iters < 20 ? 20 : iters > 20000 ? 20000 : iters;
@@ -657,9 +635,9 @@ static void bk_item_finish(const bk_opts *o, bk_item *it, bk_run *run, int rc, c
     for (uint32_t i = 0; i < run->reps; i++) {
         r[i] = run->gbps[i] / it->perftest_gbps;
     }
-    it->ratio = bk_stat_of(r, it->ok && !isnan(pt) ? (int)run->reps : 0);
+    it->ratio = bench_stat_of(r, it->ok && !isnan(pt) ? (int)run->reps : 0);
     it->perftest_req_gbps = NAN;
-    it->ratio_req = bk_stat_of(r, 0);
+    it->ratio_req = bench_stat_of(r, 0);
     if (run->count == 1 && it->layers > 1) {
         /* The same bytes as one message: a memory-bound baseline, where the
          * per-run size above lets ucx_perftest copy one cache-resident buffer. */
@@ -670,7 +648,7 @@ static void bk_item_finish(const bk_opts *o, bk_item *it, bk_run *run, int rc, c
         for (uint32_t i = 0; i < run->reps; i++) {
             r[i] = run->gbps[i] / it->perftest_req_gbps;
         }
-        it->ratio_req = bk_stat_of(r, it->ok && !isnan(pt) ? (int)run->reps : 0);
+        it->ratio_req = bench_stat_of(r, it->ok && !isnan(pt) ? (int)run->reps : 0);
     }
 }
 
@@ -691,7 +669,7 @@ static void bk_config_run(const bk_opts *o, bk_config *c)
                     .reps = 1};
     int rc = bk_scenario(run);
     c->setup_ok = rc == 0;
-    c->setup_us = bk_stat_of(run->setup_us, rc == 0 ? run->n_setup : 0);
+    c->setup_us = bench_stat_of(run->setup_us, rc == 0 ? run->n_setup : 0);
     snprintf(c->path, sizeof(c->path), "%s", run->path);
     if (strcmp(c->path, "rma") == 0) {
         c->perftest_test = "ucp_put_bw";
@@ -795,12 +773,12 @@ static void bk_json_num(double v)
     }
 }
 
-static void bk_json_stat(const char *name, bk_stat s)
+static void bk_json_stat(const char *name, bench_stat s)
 {
     printf("\"%s\":{\"min\":", name);
     bk_json_num(s.min);
     printf(",\"median\":");
-    bk_json_num(s.median);
+    bk_json_num(s.med);
     printf(",\"max\":");
     bk_json_num(s.max);
     printf("}");
@@ -870,7 +848,7 @@ static void bk_print_text(const bk_opts *o, const bk_config *cs, int n)
         printf("UCX_TLS=%s  path %s  vs ucx_perftest %s  (%d reps, min/median/max)\n", c->tls,
                c->path, c->perftest_test ? c->perftest_test : "-", o->reps);
         printf("  per-request setup (1 token, create -> ready): %.1f / %.1f / %.1f us\n",
-               c->setup_us.min, c->setup_us.median, c->setup_us.max);
+               c->setup_us.min, c->setup_us.med, c->setup_us.max);
         printf("  %-26s %8s %24s %10s %20s %s\n", "transfer", "MB", "ours GB/s", "perftest",
                "ratio", "last layer->ready us");
         for (int pass = 0; pass < 2; pass++) {
@@ -883,15 +861,15 @@ static void bk_print_text(const bk_opts *o, const bk_config *cs, int n)
                     continue;
                 }
                 printf("  %-26s %8.1f %7.2f/%7.2f/%7.2f %10.2f %6.2f/%6.2f/%6.2f", it->name,
-                       it->bytes / 1e6, it->gbps.min, it->gbps.median, it->gbps.max,
-                       it->perftest_gbps, it->ratio.min, it->ratio.median, it->ratio.max);
+                       it->bytes / 1e6, it->gbps.min, it->gbps.med, it->gbps.max,
+                       it->perftest_gbps, it->ratio.min, it->ratio.med, it->ratio.max);
                 if (pass) {
                     printf("  %.0f/%.0f/%.0f", it->last_to_ready_us.min,
-                           it->last_to_ready_us.median, it->last_to_ready_us.max);
+                           it->last_to_ready_us.med, it->last_to_ready_us.max);
                     printf("\n  %-26s %8s %24s %10.2f %6.2f/%6.2f/%6.2f  (perftest moving the "
                            "whole request as one message)",
                            "", "", "", it->perftest_req_gbps, it->ratio_req.min,
-                           it->ratio_req.median, it->ratio_req.max);
+                           it->ratio_req.med, it->ratio_req.max);
                 }
                 printf("\n");
             }

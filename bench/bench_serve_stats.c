@@ -25,12 +25,7 @@
 #include <time.h>
 
 #include "bench_serve.h"
-
-static int bs_cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
+#include "bench_stat.h"
 
 double bs_percentile(const double *sorted, int n, double p)
 {
@@ -57,7 +52,7 @@ void bs_dist_compute(double *v, int n, const bs_metric_cfg *mc, bs_dist *d_p)
 
     d.n = n;
     if (n > 0) {
-        qsort(v, (size_t)n, sizeof(double), bs_cmp_double);
+        qsort(v, (size_t)n, sizeof(double), bench_cmp_double);
         for (int i = 0; i < n; i++) {
             sum += v[i];
         }
