@@ -9,6 +9,8 @@
  * f32 -> bf16 is exact; the 128x128 block scale is folded into x, together
  * with the 2^8 of the f16 trick), then reused across every row of the x block.
  */
+#include <pthread.h>
+
 #define KC_SIMD 2
 #include "kc_vec_impl.h"
 
@@ -205,19 +207,27 @@ typedef struct {
     __m512i lo0, lo1, hi0, hi1;
 } kc_f8_lut;
 
-static kc_f8_lut kc_f8_lut_make(void)
+/* The low and high bytes of the bf16 value of each 7-bit magnitude, built once. */
+static uint8_t kc_f8_lut_lo[128], kc_f8_lut_hi[128];
+static pthread_once_t kc_f8_lut_once = PTHREAD_ONCE_INIT;
+
+static void kc_f8_lut_init(void)
 {
-    uint8_t lo[128], hi[128];
-    kc_f8_lut t;
     for (int c = 0; c < 128; c++) {
         uint16_t b = mls_f32_to_bf16(mls_fp8_e4m3_table()[c]);
-        lo[c] = (uint8_t)(b & 0xff);
-        hi[c] = (uint8_t)(b >> 8);
+        kc_f8_lut_lo[c] = (uint8_t)(b & 0xff);
+        kc_f8_lut_hi[c] = (uint8_t)(b >> 8);
     }
-    t.lo0 = _mm512_loadu_si512(lo);
-    t.lo1 = _mm512_loadu_si512(lo + 64);
-    t.hi0 = _mm512_loadu_si512(hi);
-    t.hi1 = _mm512_loadu_si512(hi + 64);
+}
+
+static kc_f8_lut kc_f8_lut_make(void)
+{
+    kc_f8_lut t;
+    pthread_once(&kc_f8_lut_once, kc_f8_lut_init);
+    t.lo0 = _mm512_loadu_si512(kc_f8_lut_lo);
+    t.lo1 = _mm512_loadu_si512(kc_f8_lut_lo + 64);
+    t.hi0 = _mm512_loadu_si512(kc_f8_lut_hi);
+    t.hi1 = _mm512_loadu_si512(kc_f8_lut_hi + 64);
     return t;
 }
 
@@ -321,10 +331,11 @@ KC_F8_TGT void kc_f8_scores(const kc_f8_lut *lut, int nq, int nr, const uint16_t
 }
 
 /* op[i, c : c + 64*nc] = alpha[i] * op[...] + sum over the nt rows of p * row,
- * for nc 64-channel chunks at c of the decoded rows (tile, score order, stride
- * ldt); pw[i*ldw + k] (chunk stride ldc): bf16 weights of rows 2k, 2k+1,
- * already times the chunk's scale; an odd last row's pair weight is 0. */
-KC_AI void kc_f8_pv(int nq, int nc, const uint32_t *pw, int64_t ldw, int64_t ldc,
+ * for nc 64-channel chunks at c, all in one 128-channel scale block, of the
+ * decoded rows (tile, score order, stride ldt); pw[i*ldw + k]: bf16 weights of
+ * rows 2k, 2k+1, already times the block's scale; an odd last row's pair
+ * weight is 0. */
+KC_AI void kc_f8_pv(int nq, int nc, const uint32_t *pw, int64_t ldw,
                     const uint16_t *tile, int64_t ldt, int nt, int64_t c, const float *alpha,
                     float *op, int64_t ldo)
 {
@@ -350,7 +361,7 @@ KC_AI void kc_f8_pv(int nq, int nc, const uint32_t *pw, int64_t ldw, int64_t ldc
             v[3] = _mm512_unpackhi_epi16(a1, b1);
             _Pragma("GCC unroll 4") for (int i = 0; i < nq; i++)
             {
-                __m512bh w = (__m512bh)_mm512_set1_epi32((int)pw[h * ldc + i * ldw + t / 2]);
+                __m512bh w = (__m512bh)_mm512_set1_epi32((int)pw[i * ldw + t / 2]);
                 _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++)
                     acc[i][h][k] = _mm512_dpbf16_ps(acc[i][h][k], w, (__m512bh)v[k]);
             }
@@ -375,7 +386,7 @@ KC_F8_TGT void kc_f8_run(const kc_mla_few_args *a, const int nq)
     uint16_t *qb = (uint16_t *)a->scratch;
     float *op = a->scratch + (nq * ldq / 2 + 15) / 16 * 16, *S = op + nq * RP;
     uint32_t *pw = (uint32_t *)(S + nq * T);
-    uint16_t *tile = (uint16_t *)(S + nq * T + (2 * nb * nq * ldw + 15) / 16 * 16);
+    uint16_t *tile = (uint16_t *)(S + nq * T + (nb * nq * ldw + 15) / 16 * 16);
     float m[KC_MLA_FEW_QV], lsum[KC_MLA_FEW_QV], alpha[KC_MLA_FEW_QV];
 
     memset(qb, 0, (size_t)(nq * ldq) * 2);
@@ -416,9 +427,9 @@ KC_F8_TGT void kc_f8_run(const kc_mla_few_args *a, const int nq)
         }
         kc_few_softmax(nq, nt, t0, a->last, S, T, m, lsum, alpha);
 
-        /* weights per (64-channel chunk, vector, row pair): P times the
-         * row's scale of the chunk's 128-block, rounded to bf16; 16 bf16
-         * values are 8 (p_t, p_u) pairs as they stand */
+        /* weights per (128-channel block, vector, row pair): P times the
+         * row's scale of the block, rounded to bf16; 16 bf16 values are 8
+         * (p_t, p_u) pairs as they stand */
         for (int64_t b = 0; b < nb; b++) {
             __m512i at = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6,
                                                              5, 4, 3, 2, 1, 0),
@@ -427,20 +438,19 @@ KC_F8_TGT void kc_f8_run(const kc_mla_few_args *a, const int nq)
                                                  at, row0 + l->scale_offset + 4 * b, 1);
             for (int i = 0; i < nq; i++) {
                 __m256bh w = _mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_loadu_ps(S + i * T), sc));
-                _mm256_storeu_si256((__m256i *)(pw + (2 * b * nq + i) * ldw), (__m256i)w);
-                _mm256_storeu_si256((__m256i *)(pw + ((2 * b + 1) * nq + i) * ldw), (__m256i)w);
+                _mm256_storeu_si256((__m256i *)(pw + (b * nq + i) * ldw), (__m256i)w);
             }
         }
         {
             int64_t c = 0;
             for (; nq <= 2 && c + 128 <= R; c += 128) {
                 kc_few_pf_step(&pf, (pf.bytes - pf.off) * 128 / (R - c) + 64);
-                kc_f8_pv(nq, 2, pw + (c / 64) * nq * ldw, ldw, nq * ldw, tile, RP, nt, c, alpha,
+                kc_f8_pv(nq, 2, pw + (c / KVL_FP8_TILE) * nq * ldw, ldw, tile, RP, nt, c, alpha,
                          op, RP);
             }
             kc_few_pf_step(&pf, pf.bytes);
             for (; c < R; c += 64) {
-                kc_f8_pv(nq, 1, pw + (c / 64) * nq * ldw, ldw, nq * ldw, tile, RP, nt, c, alpha,
+                kc_f8_pv(nq, 1, pw + (c / KVL_FP8_TILE) * nq * ldw, ldw, tile, RP, nt, c, alpha,
                          op, RP);
             }
         }
