@@ -323,102 +323,6 @@ static void eng_mlp_run(eng_ctx *ctx, const eng_mlp *mlp, const float *in, int32
     be->matmul(ctx->threads, &mlp->down.m, ctx->s.f_gate, n, out);
 }
 
-/*
- * Router for one token (DeepSeek semantics): scores = softmax|sigmoid(logits);
- * selection uses scores + bias (noaux_tc) restricted to the topk_group best
- * groups (group score = top-2 sum with a bias, else max); weights are the
- * unbiased scores of the chosen experts, normalised when norm_topk_prob, then
- * scaled by routed_scaling_factor (V2 skips the scaling when normalising).
- */
-static void eng_route(const eng_config *c, const float *bias, float *scores /* (E) */,
-                      float *biased /* (E) */, int32_t *ids /* (K) */, float *w /* (K) */)
-{
-    int32_t E = c->n_routed_experts, K = c->num_experts_per_tok;
-    bool v2 = strcmp(c->model_type, "deepseek_v2") == 0;
-    double sum = 0;
-
-    if (c->scoring_func == ENG_SCORE_SOFTMAX) {
-        float max = scores[0];
-        double z = 0;
-        for (int32_t e = 1; e < E; e++) {
-            max = fmaxf(max, scores[e]);
-        }
-        for (int32_t e = 0; e < E; e++) {
-            scores[e] = expf(scores[e] - max);
-            z += scores[e];
-        }
-        for (int32_t e = 0; e < E; e++) {
-            scores[e] = (float)(scores[e] / z);
-        }
-    } else {
-        for (int32_t e = 0; e < E; e++) {
-            scores[e] = 1.0f / (1.0f + expf(-scores[e]));
-        }
-    }
-    for (int32_t e = 0; e < E; e++) {
-        biased[e] = scores[e] + (bias != NULL ? bias[e] : 0.0f);
-    }
-    if (c->topk_method != ENG_TOPK_GREEDY && c->n_group > 1) {
-        int32_t per = E / c->n_group;
-        float gscore[ENG_MAX_GROUPS];
-        bool keep[ENG_MAX_GROUPS] = {false};
-        for (int32_t g = 0; g < c->n_group; g++) {
-            const float *b = biased + g * per;
-            float top1 = -INFINITY, top2 = -INFINITY;
-            for (int32_t i = 0; i < per; i++) {
-                if (b[i] > top1) {
-                    top2 = top1;
-                    top1 = b[i];
-                } else if (b[i] > top2) {
-                    top2 = b[i];
-                }
-            }
-            gscore[g] = bias != NULL ? top1 + (per > 1 ? top2 : 0.0f) : top1;
-        }
-        for (int32_t k = 0; k < c->topk_group; k++) {
-            int32_t best = -1;
-            for (int32_t g = 0; g < c->n_group; g++) {
-                if (!keep[g] && (best < 0 || gscore[g] > gscore[best])) {
-                    best = g;
-                }
-            }
-            keep[best] = true;
-        }
-        for (int32_t g = 0; g < c->n_group; g++) {
-            if (!keep[g]) {
-                for (int32_t i = 0; i < per; i++) {
-                    biased[g * per + i] = -INFINITY;
-                }
-            }
-        }
-    }
-    for (int32_t k = 0; k < K; k++) {
-        int32_t best = -1;
-        for (int32_t e = 0; e < E; e++) {
-            if (biased[e] > -INFINITY && (best < 0 || biased[e] > biased[best])) {
-                best = e;
-            }
-        }
-        if (best < 0) { /* fewer selectable experts than K: cannot happen with a valid config */
-            best = 0;
-        }
-        ids[k] = best;
-        w[k] = scores[best];
-        sum += w[k];
-        biased[best] = -INFINITY;
-    }
-    if (c->norm_topk_prob && K > 1) {
-        for (int32_t k = 0; k < K; k++) {
-            w[k] = (float)(w[k] / (sum + 1e-20));
-        }
-    }
-    if (!v2 || !(c->norm_topk_prob && K > 1)) {
-        for (int32_t k = 0; k < K; k++) {
-            w[k] *= c->routed_scaling_factor;
-        }
-    }
-}
-
 static void eng_moe(eng_ctx *ctx, const eng_layer *L, int32_t T)
 {
     const eng_config *c = &ctx->model->cfg;
@@ -426,9 +330,12 @@ static void eng_moe(eng_ctx *ctx, const eng_layer *L, int32_t T)
     int32_t E = c->n_routed_experts, K = c->num_experts_per_tok;
     int64_t H = c->hidden_size;
 
+    eng_route_params rp;
+
+    eng_route_params_from_config(c, &rp);
     ctx->be->matmul(ctx->threads, &L->router.m, s->h, T, s->scores);
     for (int32_t t = 0; t < T; t++) {
-        eng_route(c, L->router_bias, s->scores + (int64_t)t * E, s->biased, s->topk + t * K,
+        eng_route(&rp, L->router_bias, s->scores + (int64_t)t * E, s->biased, s->topk + t * K,
                   s->topw + t * K);
     }
     /* group (token, slot) pairs by expert: counting sort */

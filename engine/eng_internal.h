@@ -6,11 +6,10 @@
 
 #include <pthread.h>
 
+#include "eng_route.h"
 #include "eng_safetensors.h"
 #include "engine.h"
 #include "kc.h"
-
-#define ENG_MAX_GROUPS 64 /* expert groups (n_group) the router supports */
 
 /* A linear weight: the matrix view the kernels read (straight from the mmap). */
 typedef struct {
@@ -92,6 +91,9 @@ typedef struct {
 extern const eng_backend_ops eng_backend_cpu;
 
 /* Rotary frequencies and softmax scale from the config (reference semantics). */
+/* The router's parameters of a config (derived once per MoE call, not per token). */
+void eng_route_params_from_config(const eng_config *c, eng_route_params *p);
+
 void eng_rope_init(const eng_config *cfg, float *inv_freq /* (rope/2) */, float *mscale_p,
                    float *softmax_scale_p);
 

@@ -297,9 +297,9 @@ mls_status eng_model_load(const char *dir, const eng_load_opts *opts, eng_model 
         goto err_free_model;
     }
     c = &model->cfg;
-    if (c->n_group > ENG_MAX_GROUPS) {
+    if (c->n_group > ENG_ROUTE_MAX_GROUPS) {
         mls_err_set(err, "%s: n_group %d exceeds the %d expert groups supported", path, c->n_group,
-                    ENG_MAX_GROUPS);
+                    ENG_ROUTE_MAX_GROUPS);
         st = MLS_ERR_UNSUPPORTED;
         goto err_free_model;
     }

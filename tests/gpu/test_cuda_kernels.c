@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "eng_route.h"
 #include "kc.h"
 #include "kcu.h"
 #include "mls_num.h"
@@ -537,95 +538,25 @@ static void test_rmsnorm_silu_rope(void)
 
 /* ---- MoE router ------------------------------------------------------------------------- */
 
-/* The engine's router (engine/eng_forward.c eng_route), as the reference. */
+/* The engine's router (engine/eng_route.c), as the reference. */
 static void moe_ref(const kcu_moe_gate_params *c, const float *bias, const float *logits,
                     int32_t *ids, float *w)
 {
-    int32_t E = c->n_experts, K = c->top_k;
+    eng_route_params p = {
+        .n_experts = c->n_experts,
+        .top_k = c->top_k,
+        .n_group = c->n_group,
+        .topk_group = c->topk_group,
+        .group_limited = c->group_limited,
+        .softmax = c->score == KCU_MOE_SCORE_SOFTMAX,
+        .norm_topk_prob = c->norm_topk_prob,
+        .v2_scaling = c->v2_scaling,
+        .routed_scaling_factor = c->routed_scaling_factor,
+    };
     float scores[KCU_MOE_MAX_EXPERTS], biased[KCU_MOE_MAX_EXPERTS];
-    double sum = 0;
 
-    memcpy(scores, logits, (size_t)E * sizeof(float));
-    if (c->score == KCU_MOE_SCORE_SOFTMAX) {
-        float max = scores[0];
-        double z = 0;
-        for (int32_t e = 1; e < E; e++) {
-            max = fmaxf(max, scores[e]);
-        }
-        for (int32_t e = 0; e < E; e++) {
-            scores[e] = expf(scores[e] - max);
-            z += scores[e];
-        }
-        for (int32_t e = 0; e < E; e++) {
-            scores[e] = (float)(scores[e] / z);
-        }
-    } else {
-        for (int32_t e = 0; e < E; e++) {
-            scores[e] = 1.0f / (1.0f + expf(-scores[e]));
-        }
-    }
-    for (int32_t e = 0; e < E; e++) {
-        biased[e] = scores[e] + (bias != NULL ? bias[e] : 0.0f);
-    }
-    if (c->group_limited && c->n_group > 1) {
-        int32_t per = E / c->n_group;
-        float gscore[KCU_MOE_MAX_GROUPS];
-        bool keep[KCU_MOE_MAX_GROUPS] = {false};
-        for (int32_t g = 0; g < c->n_group; g++) {
-            const float *b = biased + g * per;
-            float top1 = -INFINITY, top2 = -INFINITY;
-            for (int32_t i = 0; i < per; i++) {
-                if (b[i] > top1) {
-                    top2 = top1;
-                    top1 = b[i];
-                } else if (b[i] > top2) {
-                    top2 = b[i];
-                }
-            }
-            gscore[g] = bias != NULL ? top1 + (per > 1 ? top2 : 0.0f) : top1;
-        }
-        for (int32_t k = 0; k < c->topk_group; k++) {
-            int32_t best = -1;
-            for (int32_t g = 0; g < c->n_group; g++) {
-                if (!keep[g] && (best < 0 || gscore[g] > gscore[best])) {
-                    best = g;
-                }
-            }
-            keep[best] = true;
-        }
-        for (int32_t g = 0; g < c->n_group; g++) {
-            if (!keep[g]) {
-                for (int32_t i = 0; i < per; i++) {
-                    biased[g * per + i] = -INFINITY;
-                }
-            }
-        }
-    }
-    for (int32_t k = 0; k < K; k++) {
-        int32_t best = -1;
-        for (int32_t e = 0; e < E; e++) {
-            if (biased[e] > -INFINITY && (best < 0 || biased[e] > biased[best])) {
-                best = e;
-            }
-        }
-        if (best < 0) {
-            best = 0;
-        }
-        ids[k] = best;
-        w[k] = scores[best];
-        sum += w[k];
-        biased[best] = -INFINITY;
-    }
-    if (c->norm_topk_prob && K > 1) {
-        for (int32_t k = 0; k < K; k++) {
-            w[k] = (float)(w[k] / (sum + 1e-20));
-        }
-    }
-    if (!c->v2_scaling || !(c->norm_topk_prob && K > 1)) {
-        for (int32_t k = 0; k < K; k++) {
-            w[k] *= c->routed_scaling_factor;
-        }
-    }
+    memcpy(scores, logits, (size_t)c->n_experts * sizeof(float));
+    eng_route(&p, bias, scores, biased, ids, w);
 }
 
 static void test_moe_gate(void)
