@@ -288,10 +288,7 @@ static void kvx_poll_cb(uv_poll_t *handle, int status, int events);
 
 static void kvx_queue_drain(kvx_ctx *ctx)
 {
-    pthread_mutex_lock(&ctx->q_lock);
-    kvx_op *op = ctx->q_head;
-    ctx->q_head = ctx->q_tail = NULL;
-    pthread_mutex_unlock(&ctx->q_lock);
+    kvx_op *op = kvx_queue_take(ctx);
     while (op != NULL) {
         kvx_op *next = op->next;
         op->next = NULL;
@@ -372,6 +369,16 @@ static void kvx_timer_cb(uv_timer_t *handle)
     kvx_recv_lease_tick(ctx, now);
     kvx_send_tick(ctx, now);
     kvx_drain(ctx);
+}
+
+kvx_op *kvx_queue_take(kvx_ctx *ctx)
+{
+    kvx_op *op;
+    pthread_mutex_lock(&ctx->q_lock);
+    op = ctx->q_head;
+    ctx->q_head = ctx->q_tail = NULL;
+    pthread_mutex_unlock(&ctx->q_lock);
+    return op;
 }
 
 void kvx_queue_push(kvx_ctx *ctx, kvx_op *op)

@@ -358,6 +358,8 @@ struct kvx_ctx {
 
 /* kvx_ctx.c */
 void kvx_queue_push(kvx_ctx *ctx, kvx_op *op);
+/* Detaches and returns the whole queue (oldest first, linked by next). */
+kvx_op *kvx_queue_take(kvx_ctx *ctx);
 void kvx_ep_err_cb(void *arg, ucp_ep_h ep, ucs_status_t status);
 kvx_peer *kvx_peer_by_ep(kvx_ctx *ctx, ucp_ep_h ep);
 void kvx_drain_soon(kvx_ctx *ctx);

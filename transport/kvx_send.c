@@ -670,10 +670,7 @@ ucs_status_t kvx_send_am(kvx_ctx *ctx, unsigned id, const void *header, size_t h
 
 void kvx_send_destroy(kvx_ctx *ctx, bool force)
 {
-    pthread_mutex_lock(&ctx->q_lock);
-    kvx_op *op = ctx->q_head;
-    ctx->q_head = ctx->q_tail = NULL;
-    pthread_mutex_unlock(&ctx->q_lock);
+    kvx_op *op = kvx_queue_take(ctx);
     while (op != NULL) {
         kvx_op *next = op->next;
         kvx_req *req = op->req;
