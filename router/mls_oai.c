@@ -1016,7 +1016,7 @@ out_delete:
 }
 
 char *mls_oai_models_render(const char *const *ids, size_t n, int64_t created,
-                            const char *owned_by)
+                            const char *owned_by, uint32_t max_model_len)
 {
     cJSON *root = cJSON_CreateObject();
     cJSON *data;
@@ -1031,6 +1031,9 @@ char *mls_oai_models_render(const char *const *ids, size_t n, int64_t created,
         cJSON_AddStringToObject(m, "object", "model");
         cJSON_AddNumberToObject(m, "created", (double)created);
         cJSON_AddStringToObject(m, "owned_by", owned_by != NULL ? owned_by : "mlaserve");
+        if (max_model_len > 0) {
+            cJSON_AddNumberToObject(m, "max_model_len", (double)max_model_len);
+        }
         cJSON_AddItemToArray(data, m);
     }
     out = cJSON_PrintUnformatted(root);

@@ -183,9 +183,11 @@ typedef struct {
 /* One JSON object: text_completion / chat.completion / chat.completion.chunk. */
 char *mls_oai_render(const mls_oai_render_args *args);
 
-/* {"object":"list","data":[{"id","object":"model","created","owned_by"}...]} */
+/* {"object":"list","data":[{"id","object":"model","created","owned_by",
+ * "max_model_len"}...]}; max_model_len (the context in tokens: prompt plus
+ * completion) is left out when 0. */
 char *mls_oai_models_render(const char *const *ids, size_t n, int64_t created,
-                            const char *owned_by);
+                            const char *owned_by, uint32_t max_model_len);
 
 /* "cmpl-" / "chatcmpl-" followed by 24 hex digits, unique in this process. */
 void mls_oai_id_make(mls_oai_kind kind, char *buf, size_t len);

@@ -221,7 +221,8 @@ void rt_api_handle(mls_http_req *req, void *user)
     }
     if (ep == MLS_OAI_EP_MODELS) {
         const char *ids[1] = {rt->served_model};
-        char *json = mls_oai_models_render(ids, rt->served_model[0] ? 1 : 0, (int64_t)time(NULL), "mlaserve");
+        char *json = mls_oai_models_render(ids, rt->served_model[0] ? 1 : 0, (int64_t)time(NULL), "mlaserve",
+                                           rt_context_limit(rt));
         if (json == NULL) {
             mls_http_req_respond_error(req, 500, "server_error", NULL, NULL, "out of memory");
             return;

@@ -619,6 +619,22 @@ static void test_bad_input(void)
         fprintf(stderr, "  oversized prompt -> %d %s\n", r.status, r.body);
         CHECK_EQ_INT(r.status, 400);
         CHECK(strstr(r.body, "context") != NULL);
+        /* /v1/models advertises the same context the error names */
+        {
+            cl_response m;
+            char want[96];
+            cJSON *j = NULL, *card;
+            CHECK(cl_get(C.port, "/v1/models", 10, &m) == 0);
+            CHECK_EQ_INT(m.status, 200);
+            j = cJSON_Parse(m.body);
+            card = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "data"), 0);
+            CHECK(cJSON_IsNumber(cJSON_GetObjectItem(card, "max_model_len")));
+            snprintf(want, sizeof(want), "this cluster's context is %d tokens",
+                     cJSON_GetObjectItem(card, "max_model_len")->valueint);
+            CHECK_MSG(strstr(r.body, want) != NULL, "/v1/models: %s", m.body);
+            cJSON_Delete(j);
+            cl_response_free(&m);
+        }
         cl_response_free(&r);
     }
     /* garbage and an oversized frame on the node port: an Error comes back, nothing dies */

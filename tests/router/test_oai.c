@@ -327,9 +327,13 @@ static void test_render_shapes(void)
     {
         const char *ids[] = {"deepseek-tiny"};
         char id1[64], id2[64];
-        s = mls_oai_models_render(ids, 1, 42, NULL);
+        s = mls_oai_models_render(ids, 1, 42, NULL, 0);
         CHECK_STR_EQ(s, "{\"object\":\"list\",\"data\":[{\"id\":\"deepseek-tiny\",\"object\":\"model\","
                         "\"created\":42,\"owned_by\":\"mlaserve\"}]}");
+        free(s);
+        s = mls_oai_models_render(ids, 1, 42, "x", 4096);
+        CHECK_STR_EQ(s, "{\"object\":\"list\",\"data\":[{\"id\":\"deepseek-tiny\",\"object\":\"model\","
+                        "\"created\":42,\"owned_by\":\"x\",\"max_model_len\":4096}]}");
         free(s);
         mls_oai_id_make(MLS_OAI_KIND_CHAT, id1, sizeof(id1));
         mls_oai_id_make(MLS_OAI_KIND_CHAT, id2, sizeof(id2));
