@@ -27,7 +27,6 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,6 +41,7 @@
 #include "kvx.h"
 #include "mls_cli.h"
 #include "mls_num.h"
+#include "mls_proc.h"
 
 extern char **environ;
 
@@ -144,25 +144,8 @@ static char **bk_env(const bk_opts *o, const char *tls, bool for_perftest, char 
 
 static pid_t bk_spawn(char *const *argv, char **env, int *out_fd, bool search_path)
 {
-    int fds[2];
-    if (pipe(fds) != 0) {
-        return -1;
-    }
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
-    posix_spawn_file_actions_addclose(&fa, fds[0]);
     pid_t pid = -1;
-    int rc = search_path ? posix_spawnp(&pid, argv[0], &fa, NULL, argv, env)
-                         : posix_spawn(&pid, argv[0], &fa, NULL, argv, env);
-    posix_spawn_file_actions_destroy(&fa);
-    close(fds[1]);
-    if (rc != 0) {
-        close(fds[0]);
-        return -1;
-    }
-    *out_fd = fds[0];
-    return pid;
+    return mls_spawn_piped(argv, env, search_path, &pid, out_fd) == 0 ? pid : -1;
 }
 
 /* Read one line (without '\n') from fd within timeout_ms; 0 ok, -1 on EOF/timeout. */

@@ -14,7 +14,6 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdbool.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -23,6 +22,7 @@
 #include "kvx_test_gen.h"
 #include "mls_alloc.h"
 #include "mls_num.h"
+#include "mls_proc.h"
 #include "mls_test.h"
 
 extern char **environ;
@@ -199,14 +199,6 @@ static int t_spawn(t_node *n, const char *path, const char *dtype, const char *f
     }
     argv[a] = NULL;
 
-    int fds[2];
-    if (pipe(fds) != 0) {
-        return -1;
-    }
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
-    posix_spawn_file_actions_addclose(&fa, fds[0]);
     /* environment: inherited, UCX_TLS replaced when asked */
     char *envp[512];
     char tls_env[128];
@@ -221,17 +213,14 @@ static int t_spawn(t_node *n, const char *path, const char *dtype, const char *f
         envp[e++] = tls_env;
     }
     envp[e] = NULL;
-    int rc = posix_spawn(&n->pid, argv[0], &fa, NULL, (char *const *)argv, envp);
-    posix_spawn_file_actions_destroy(&fa);
-    close(fds[1]);
+    int fd = -1, rc = mls_spawn_piped((char *const *)argv, envp, false, &n->pid, &fd);
     if (rc != 0) {
-        close(fds[0]);
-        fprintf(stderr, "posix_spawn(%s): %s\n", argv[0], strerror(rc));
+        fprintf(stderr, "spawn %s: %s\n", argv[0], strerror(rc));
         n->pid = -1;
         return -1;
     }
-    fcntl(fds[0], F_SETFL, O_NONBLOCK);
-    n->out_fd = fds[0];
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    n->out_fd = fd;
     n->out_len = 0;
     return 0;
 }
@@ -668,17 +657,8 @@ static void test_receiver_frozen_timeout(void)
                           "--req",
                           "21:256:1,2,3,4",
                           NULL};
-    int fds[2];
-    CHECK(pipe(fds) == 0);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
-    posix_spawn_file_actions_addclose(&fa, fds[0]);
-    CHECK(posix_spawn(&n.pid, argv[0], &fa, NULL, (char *const *)argv, environ) == 0);
-    posix_spawn_file_actions_destroy(&fa);
-    close(fds[1]);
-    fcntl(fds[0], F_SETFL, O_NONBLOCK);
-    n.out_fd = fds[0];
+    CHECK(mls_spawn_piped((char *const *)argv, NULL, false, &n.pid, &n.out_fd) == 0);
+    fcntl(n.out_fd, F_SETFL, O_NONBLOCK);
     CHECK_MSG(t_run_until(&n, t_pred_output, "PORT ", 10000), "helper said:\n%s", n.out);
     char peer[64];
     snprintf(peer, sizeof(peer), "127.0.0.1:%d", atoi(strstr(n.out, "PORT ") + 5));
