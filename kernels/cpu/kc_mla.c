@@ -159,8 +159,13 @@ size_t kc_mla_workspace_size(const kc_pool *pool, const kc_mla_params *p)
 
 /* Rows are consumed in bursts (decode, then compute on the tile), which
  * leaves the hardware prefetcher idle half the time; ask for the rows of a
- * later block ahead of time instead. */
-static void kc_mla_prefetch(const kc_mla_params *p, const kc_mla_seq *sq, int64_t t0, int64_t end)
+ * later block ahead of time instead. Always inlined: GCC takes a static
+ * function whose only effect is __builtin_prefetch for pure and deletes the
+ * calls (as a plain static function this compiled to no prefetch at all;
+ * inlined, 16 heads x 32k context, 2 threads: +2%, 151-153 -> 153-155 GFLOP/s). */
+static inline __attribute__((always_inline)) void kc_mla_prefetch(const kc_mla_params *p,
+                                                                  const kc_mla_seq *sq, int64_t t0,
+                                                                  int64_t end)
 {
     const kvl_layout *l = p->layout;
     int64_t t1 = t0 + KC_MLA_BLOCK < end ? t0 + KC_MLA_BLOCK : end;
