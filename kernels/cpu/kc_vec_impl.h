@@ -28,8 +28,10 @@ static inline int64_t kc_min64(int64_t a, int64_t b)
 /* ---- matmul: y[i, r] = x[i, :] . W[r, :] ------------------------------------ */
 
 /* One (mr x nr) tile over the whole K. w points at row 0 of the tile (row
- * stride ldw elements), x at row 0 (stride ldx), y at (0, 0) (stride ldy). */
-#define KC_DEFINE_MM_TILE(NAME, ET, LOADV, LOADS)                                            \
+ * stride ldw elements), x at row 0 (stride ldx), y at (0, 0) (stride ldy).
+ * PF > 0: as each cache line of a W row is reached, the line PF bytes
+ * further on is asked into L2. */
+#define KC_DEFINE_MM_TILE(NAME, ET, LOADV, LOADS, PF)                                        \
     KC_AI void NAME(int mr, int nr, const ET *w, int64_t ldw, const float *x, int64_t ldx,    \
                     int64_t k, float *y, int64_t ldy)                                         \
     {                                                                                         \
@@ -39,6 +41,10 @@ static inline int64_t kc_min64(int64_t a, int64_t b)
             _Pragma("GCC unroll 4") for (int j = 0; j < nr; j++) acc[i][j] = v_zero();        \
         for (; kk + VL <= k; kk += VL) {                                                      \
             V wv[KC_NR];                                                                      \
+            if (PF > 0 && (kk * (int64_t)sizeof(ET)) % 64 == 0) {                             \
+                _Pragma("GCC unroll 4") for (int j = 0; j < nr; j++)                          \
+                    __builtin_prefetch(w + j * ldw + kk + PF / (int64_t)sizeof(ET), 0, 2);    \
+            }                                                                                 \
             _Pragma("GCC unroll 4") for (int j = 0; j < nr; j++) wv[j] = LOADV(w + j * ldw + kk); \
             _Pragma("GCC unroll 4") for (int i = 0; i < mr; i++)                              \
             {                                                                                 \
@@ -58,9 +64,9 @@ static inline int64_t kc_min64(int64_t a, int64_t b)
             }                                                                                 \
     }
 
-KC_DEFINE_MM_TILE(kc_mm_tile_f32, float, v_load, s_load_f32)
-KC_DEFINE_MM_TILE(kc_mm_tile_bf16, uint16_t, v_load_bf16, s_load_bf16)
-KC_DEFINE_MM_TILE(kc_mm_tile_f16, uint16_t, v_load_f16, s_load_f16)
+KC_DEFINE_MM_TILE(kc_mm_tile_f32, float, v_load, s_load_f32, 0)
+KC_DEFINE_MM_TILE(kc_mm_tile_bf16, uint16_t, v_load_bf16, s_load_bf16, 0)
+KC_DEFINE_MM_TILE(kc_mm_tile_f16, uint16_t, v_load_f16, s_load_f16, 0)
 #if KC_SIMD == 2
 /* fp8 without vcvtph2ps (slow on some cores): sign-extend each code to 32
  * bits, shift the 7 magnitude bits to f32 bits 20..26 and keep the sign:
@@ -72,9 +78,9 @@ KC_AI V kc_fp8_load_f32bits(const uint8_t *p)
     d = _mm512_and_si512(_mm512_slli_epi32(d, 20), _mm512_set1_epi32((int)0x87ffffffu));
     return _mm512_mul_ps(_mm512_castsi512_ps(d), _mm512_set1_ps(0x1p112f));
 }
-KC_DEFINE_MM_TILE(kc_mm_tile_fp8, uint8_t, kc_fp8_load_f32bits, s_load_fp8)
+KC_DEFINE_MM_TILE(kc_mm_tile_fp8, uint8_t, kc_fp8_load_f32bits, s_load_fp8, 0)
 #else
-KC_DEFINE_MM_TILE(kc_mm_tile_fp8, uint8_t, v_load_fp8, s_load_fp8)
+KC_DEFINE_MM_TILE(kc_mm_tile_fp8, uint8_t, v_load_fp8, s_load_fp8, 0)
 #endif
 /* fp8 codes decoded raw (e4m3 * 2^-120, no float op) against x scaled by
  * another 2^112: the GEMV's cheapest decode, used where that cannot overflow.
@@ -83,49 +89,7 @@ KC_DEFINE_MM_TILE(kc_mm_tile_fp8, uint8_t, v_load_fp8, s_load_fp8)
  * each row's line KC_MM_FP8_PF bytes ahead is asked into L2 (GEMV 16384 x
  * 8192, Zen 4, 2 threads: 0.72-0.75 of a read probe without, 0.80 with). */
 #define KC_MM_FP8_PF 2048
-KC_AI void kc_mm_tile_fp8raw(int mr, int nr, const uint8_t *w, int64_t ldw, const float *x,
-                             int64_t ldx, int64_t k, float *y, int64_t ldy)
-{
-    V acc[KC_MR][KC_NR];
-    int64_t kk = 0;
-    _Pragma("GCC unroll 4") for (int i = 0; i < mr; i++)
-        _Pragma("GCC unroll 4") for (int j = 0; j < nr; j++) acc[i][j] = v_zero();
-    for (; kk + 64 <= k; kk += 64) { /* one cache line of each row */
-        _Pragma("GCC unroll 4") for (int j = 0; j < nr; j++)
-            __builtin_prefetch(w + j * ldw + kk + KC_MM_FP8_PF, 0, 2);
-        _Pragma("GCC unroll 4") for (int u = 0; u < 64; u += VL)
-        {
-            V wv[KC_NR];
-            _Pragma("GCC unroll 4") for (int j = 0; j < nr; j++)
-                wv[j] = v_load_fp8_raw(w + j * ldw + kk + u);
-            _Pragma("GCC unroll 4") for (int i = 0; i < mr; i++)
-            {
-                V xv = v_load(x + i * ldx + kk + u);
-                _Pragma("GCC unroll 4") for (int j = 0; j < nr; j++)
-                    acc[i][j] = v_fma(xv, wv[j], acc[i][j]);
-            }
-        }
-    }
-    for (; kk + VL <= k; kk += VL) {
-        V wv[KC_NR];
-        _Pragma("GCC unroll 4") for (int j = 0; j < nr; j++) wv[j] = v_load_fp8_raw(w + j * ldw + kk);
-        _Pragma("GCC unroll 4") for (int i = 0; i < mr; i++)
-        {
-            V xv = v_load(x + i * ldx + kk);
-            _Pragma("GCC unroll 4") for (int j = 0; j < nr; j++)
-                acc[i][j] = v_fma(xv, wv[j], acc[i][j]);
-        }
-    }
-    _Pragma("GCC unroll 4") for (int i = 0; i < mr; i++)
-        _Pragma("GCC unroll 4") for (int j = 0; j < nr; j++)
-        {
-            float s = v_reduce_add(acc[i][j]);
-            for (int64_t t = kk; t < k; t++) {
-                s += x[i * ldx + t] * s_load_fp8_raw(w + j * ldw + t);
-            }
-            y[i * ldy + j] = s;
-        }
-}
+KC_DEFINE_MM_TILE(kc_mm_tile_fp8raw, uint8_t, v_load_fp8_raw, s_load_fp8_raw, KC_MM_FP8_PF)
 
 /* Multiplies xs[0:n] by 2^112 and returns 1 when every |xs| < 2^14 (so the
  * raw fp8 decode can be used); else leaves xs alone and returns 0. */
