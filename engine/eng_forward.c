@@ -330,13 +330,10 @@ static void eng_moe(eng_ctx *ctx, const eng_layer *L, int32_t T)
     int32_t E = c->n_routed_experts, K = c->num_experts_per_tok;
     int64_t H = c->hidden_size;
 
-    eng_route_params rp;
-
-    eng_route_params_from_config(c, &rp);
     ctx->be->matmul(ctx->threads, &L->router.m, s->h, T, s->scores);
     for (int32_t t = 0; t < T; t++) {
-        eng_route(&rp, L->router_bias, s->scores + (int64_t)t * E, s->biased, s->topk + t * K,
-                  s->topw + t * K);
+        eng_route(&ctx->model->route, L->router_bias, s->scores + (int64_t)t * E, s->biased,
+                  s->topk + t * K, s->topw + t * K);
     }
     /* group (token, slot) pairs by expert: counting sort */
     memset(s->count, 0, sizeof(int32_t) * (size_t)(E + 1));

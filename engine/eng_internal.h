@@ -54,6 +54,7 @@ struct eng_model {
     float *inv_freq;           /* (rope/2) YaRN-adjusted rotary frequencies */
     float rope_mscale;         /* cos/sin factor (HF yarn: mscale/mscale_all_dim ratio) */
     float softmax_scale;       /* (nope+rope)^-0.5 * mscale^2 under YaRN */
+    eng_route_params route;    /* the MoE router's parameters */
     uint64_t fingerprint;
     uint64_t weight_bytes;
     size_t small_bytes;        /* bytes of f32 norms/bias copies (MLS_ALLOC_TAG_WEIGHTS) */
@@ -90,10 +91,10 @@ typedef struct {
 
 extern const eng_backend_ops eng_backend_cpu;
 
-/* Rotary frequencies and softmax scale from the config (reference semantics). */
-/* The router's parameters of a config (derived once per MoE call, not per token). */
+/* The router's parameters of a config (derived once, at load). */
 void eng_route_params_from_config(const eng_config *c, eng_route_params *p);
 
+/* Rotary frequencies and softmax scale from the config (reference semantics). */
 void eng_rope_init(const eng_config *cfg, float *inv_freq /* (rope/2) */, float *mscale_p,
                    float *softmax_scale_p);
 

@@ -350,6 +350,7 @@ mls_status eng_model_load(const char *dir, const eng_load_opts *opts, eng_model 
         goto err_destroy;
     }
     eng_rope_init(c, model->inv_freq, &model->rope_mscale, &model->softmax_scale);
+    eng_route_params_from_config(c, &model->route);
     model->fingerprint = eng_model_fingerprint_compute(model);
     model->weight_bytes += (uint64_t)c->vocab_size * c->hidden_size * 2;
     mls_info("loaded %s: %d layers, %.1f MB of weights, fingerprint %016llx", dir,
