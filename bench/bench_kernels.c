@@ -17,11 +17,11 @@
  * many bytes as the rep streams), and the bandwidth ratios are the per-rep
  * ratios, so that a shared, noisy machine whose load changes during the run
  * still compares like with like; the run-wide figures head the report. Cases
- * whose data is smaller than 256 MiB (64 MiB with --quick) cycle through copies of it, so that
- * nothing is timed out of the last-level cache. The MLA cases are also
- * divided by a plain read of the same shuffled 64-token pages (taken in the
- * same rep): the ceiling the paged layout itself leaves a kernel, apart from
- * the contiguous-buffer probe.
+ * whose data is smaller than 256 MiB (64 MiB with --quick) cycle through
+ * copies of it, so that nothing is timed out of the last-level cache. The MLA
+ * cases are also divided by a plain read of the same shuffled 64-token pages
+ * (taken in the same rep): the ceiling the paged layout itself leaves a
+ * kernel, apart from the contiguous-buffer probe.
  * --json prints one JSON object with the same content.
  */
 #include <getopt.h>
