@@ -1,5 +1,6 @@
 /*
- * eng_safetensors.h - safetensors reading (mmap) and writing.
+ * eng_safetensors.h - safetensors reading (mmap; eng_safetensors.c) and
+ * writing (eng_safetensors_write.c).
  *
  * Reader: one file or a sharded checkpoint (model.safetensors.index.json),
  * every file mmapped read-only; tensors point straight into the mapping.
@@ -20,6 +21,9 @@
 #include "mls_status.h"
 
 #define ST_MAX_DIMS 8
+/* JSON numbers are doubles: offsets above 2^53 are not exact, so neither the
+ * reader nor the writer accepts them. */
+#define ST_JSON_INT_MAX 9007199254740992.0
 
 #define ST_DTYPE_LIST(X)   \
     X(F64, "F64", 8)       \
