@@ -2,9 +2,9 @@
  * cmd_genmodel.c - `mlaserve genmodel`: write a random-weight DeepSeek-V2/V3
  * checkpoint in Hugging Face layout (config.json + safetensors, sharded with an
  * index when large), in real shapes, for tests and benchmarks without the real
- * weights.
+ * weights. The presets' shapes are constants in gm_presets.c.
  *
- * Weights follow the recipe of shared/fixtures/models/README.md: normal with std
+ * Weights follow the recipe of tests/fixtures/models/README.md: normal with std
  * gain/sqrt(fan_in) (gain 1.5 for q, kv_a, kv_b and the router, 2.5 for lm_head,
  * else 1.0), embedding std 1, norms 1 + 0.1 N, router bias 0.05 N. Linear
  * weights are BF16, or block-fp8 (F8_E4M3 codes + F32 weight_scale_inv per
@@ -34,11 +34,11 @@
 #include "bpe_train.h"
 #include "eng_config.h"
 #include "eng_safetensors.h"
+#include "gm_presets.h"
 #include "mls_cli.h"
 #include "mls_num.h"
 #include "mls_rng.h"
 
-#define GM_BLOCK 128               /* fp8 weight block, both dims */
 #define GM_CHUNK ((size_t)1 << 20) /* elements generated per step */
 
 /* ------------------------------------------------------------ random numbers */
@@ -275,139 +275,6 @@ static uint64_t gm_numel(const gm_tensor *t)
 static uint64_t gm_nbytes(const gm_tensor *t)
 {
     return gm_numel(t) * st_dtype_size(t->dtype);
-}
-
-/* ----------------------------------------------------------------- presets */
-
-static void gm_preset_common(eng_config *c)
-{
-    memset(c, 0, sizeof(*c));
-    c->moe_layer_freq = 1;
-    c->rms_norm_eps = 1e-6f;
-    c->rope_theta = 10000.0f;
-    c->bos_token_id = 0;
-    c->eos_token_id = 1;
-    c->rope_yarn = true;
-    c->rope_factor = 40.0f;
-    c->rope_original_max_position_embeddings = 4096;
-    c->rope_beta_fast = 32.0f;
-    c->rope_beta_slow = 1.0f;
-    c->rope_mscale = 1.0f;
-    c->rope_mscale_all_dim = 1.0f;
-    c->max_position_embeddings = 163840;
-    c->fp8_block[0] = c->fp8_block[1] = GM_BLOCK;
-}
-
-/* Fill *c for a preset; *fp8_p is its default weight format. */
-static int gm_preset(const char *name, eng_config *c, bool *fp8_p)
-{
-    gm_preset_common(c);
-    if (strcmp(name, "tiny") == 0) { /* the tiny-v3 fixture's shape */
-        snprintf(c->model_type, sizeof(c->model_type), "deepseek_v3");
-        c->vocab_size = 1024;
-        c->hidden_size = 64;
-        c->intermediate_size = 128;
-        c->moe_intermediate_size = 32;
-        c->num_hidden_layers = 3;
-        c->num_attention_heads = 4;
-        c->q_lora_rank = 48;
-        c->kv_lora_rank = 32;
-        c->qk_nope_head_dim = 16;
-        c->qk_rope_head_dim = 8;
-        c->v_head_dim = 16;
-        c->n_routed_experts = 16;
-        c->num_experts_per_tok = 4;
-        c->n_shared_experts = 1;
-        c->n_group = 4;
-        c->topk_group = 2;
-        c->first_k_dense_replace = 1;
-        c->topk_method = ENG_TOPK_NOAUX_TC;
-        c->scoring_func = ENG_SCORE_SIGMOID;
-        c->norm_topk_prob = true;
-        c->routed_scaling_factor = 2.5f;
-        *fp8_p = false;
-    } else if (strcmp(name, "demo") == 0) { /* small V2-shaped MoE for the local cluster */
-        snprintf(c->model_type, sizeof(c->model_type), "deepseek_v2");
-        c->vocab_size = 4096;
-        c->hidden_size = 256;
-        c->intermediate_size = 512;
-        c->moe_intermediate_size = 128;
-        c->num_hidden_layers = 4;
-        c->num_attention_heads = 8;
-        c->q_lora_rank = 0;
-        c->kv_lora_rank = 128;
-        c->qk_nope_head_dim = 32;
-        c->qk_rope_head_dim = 32;
-        c->v_head_dim = 32;
-        c->n_routed_experts = 8;
-        c->num_experts_per_tok = 2;
-        c->n_shared_experts = 1;
-        c->n_group = 1;
-        c->topk_group = 1;
-        c->first_k_dense_replace = 1;
-        c->topk_method = ENG_TOPK_GREEDY;
-        c->scoring_func = ENG_SCORE_SOFTMAX;
-        c->norm_topk_prob = false;
-        c->routed_scaling_factor = 1.0f;
-        c->rope_yarn = false;
-        c->max_position_embeddings = 4096;
-        *fp8_p = false;
-    } else if (strcmp(name, "deepseek-v2-lite") == 0) {
-        snprintf(c->model_type, sizeof(c->model_type), "deepseek_v2");
-        c->vocab_size = 102400;
-        c->hidden_size = 2048;
-        c->intermediate_size = 10944;
-        c->moe_intermediate_size = 1408;
-        c->num_hidden_layers = 27;
-        c->num_attention_heads = 16;
-        c->q_lora_rank = 0;
-        c->kv_lora_rank = 512;
-        c->qk_nope_head_dim = 128;
-        c->qk_rope_head_dim = 64;
-        c->v_head_dim = 128;
-        c->n_routed_experts = 64;
-        c->num_experts_per_tok = 6;
-        c->n_shared_experts = 2;
-        c->n_group = 1;
-        c->topk_group = 1;
-        c->first_k_dense_replace = 1;
-        c->topk_method = ENG_TOPK_GREEDY;
-        c->scoring_func = ENG_SCORE_SOFTMAX;
-        c->norm_topk_prob = false;
-        c->routed_scaling_factor = 1.0f;
-        c->rope_mscale = 0.707f;
-        c->rope_mscale_all_dim = 0.707f;
-        c->bos_token_id = 100000;
-        c->eos_token_id = 100001;
-        *fp8_p = false;
-    } else if (strcmp(name, "deepseek-v3") == 0) {
-        snprintf(c->model_type, sizeof(c->model_type), "deepseek_v3");
-        c->vocab_size = 129280;
-        c->hidden_size = 7168;
-        c->intermediate_size = 18432;
-        c->moe_intermediate_size = 2048;
-        c->num_hidden_layers = 61;
-        c->num_attention_heads = 128;
-        c->q_lora_rank = 1536;
-        c->kv_lora_rank = 512;
-        c->qk_nope_head_dim = 128;
-        c->qk_rope_head_dim = 64;
-        c->v_head_dim = 128;
-        c->n_routed_experts = 256;
-        c->num_experts_per_tok = 8;
-        c->n_shared_experts = 1;
-        c->n_group = 8;
-        c->topk_group = 4;
-        c->first_k_dense_replace = 3;
-        c->topk_method = ENG_TOPK_NOAUX_TC;
-        c->scoring_func = ENG_SCORE_SIGMOID;
-        c->norm_topk_prob = true;
-        c->routed_scaling_factor = 2.5f;
-        *fp8_p = true;
-    } else {
-        return -1;
-    }
-    return 0;
 }
 
 /* --experts: keep top-k, groups and group top-k consistent with fewer experts. */
@@ -1069,12 +936,15 @@ static int gm_parse_args(int argc, char **argv, gm_opts *o)
         gm_usage(stderr);
         return 2;
     }
-    if (gm_preset(preset, &o->cfg, &o->fp8) != 0) {
+    const gm_preset *p = gm_preset_find(preset);
+    if (p == NULL) {
         fprintf(stderr,
                 "genmodel: unknown preset '%s' (tiny, demo, deepseek-v2-lite, deepseek-v3)\n",
                 preset);
         return 2;
     }
+    o->cfg = p->cfg;
+    o->fp8 = p->fp8;
     o->preset = preset;
     if (dtype != NULL) {
         o->fp8 = strcmp(dtype, "fp8") == 0;
