@@ -5,12 +5,15 @@
  * main with MLS_TEST_RUN. Checks print both sides and the location, count the
  * failure and return from the current test. main ends with MLS_TEST_DONE(),
  * which prints "N passed, N failed" and returns non-zero on any failure.
- * A test that cannot run here calls MLS_TEST_SKIP: the whole executable then
- * exits 77 (ctest shows it as skipped) unless something else failed.
+ * A test that cannot run here (no GPU, a system tool absent) calls
+ * MLS_TEST_SKIP: the whole executable then exits 77, so ctest shows it as
+ * skipped rather than passed, unless something else failed. Fixtures are part
+ * of the repository (tests/fixtures): a missing one fails, never skips.
  */
 #ifndef MLS_TEST_H
 #define MLS_TEST_H
 
+#include <errno.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -115,10 +118,12 @@ static int mls_test_cur_skipped;
         }                                                                      \
     } while (0)
 
+/* 1 on any failure, else 77 (skipped) when any test skipped: a run that left
+ * cases out is not reported as a pass. */
 #define MLS_TEST_DONE()                                                        \
     (printf("%d passed, %d failed, %d skipped\n", mls_test_passed_count,      \
             mls_test_failed_count, mls_test_skipped_count),                    \
-     mls_test_failed_count ? 1 : (mls_test_skipped_count && !mls_test_passed_count ? 77 : 0))
+     mls_test_failed_count ? 1 : (mls_test_skipped_count ? 77 : 0))
 
 /* Relative L2 error ||a-b|| / ||b||. */
 static inline double mls_test_rel_l2(const float *a, const float *b, size_t n)
@@ -132,11 +137,25 @@ static inline double mls_test_rel_l2(const float *a, const float *b, size_t n)
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
-/* Path under ../shared, or NULL (and the caller skips) when it is absent. */
-static inline const char *mls_test_shared_path(const char *rel, char *buf, size_t len)
+/* Path of fixture `rel` (relative to tests/fixtures, MLS_FIXTURES_DIR) in buf,
+ * or NULL when it cannot be read (the reason is printed); the caller fails. */
+static inline const char *mls_test_fixture_path(const char *rel, char *buf, size_t len)
 {
-    snprintf(buf, len, "%s/%s", MLS_SHARED_DIR, rel);
-    return access(buf, R_OK) == 0 ? buf : NULL;
+    if ((size_t)snprintf(buf, len, "%s/%s", MLS_FIXTURES_DIR, rel) >= len) {
+        fprintf(stderr, "  fixture path too long: %s/%s\n", MLS_FIXTURES_DIR, rel);
+        return NULL;
+    }
+    if (access(buf, R_OK) != 0) {
+        fprintf(stderr, "  cannot read %s: %s\n", buf, strerror(errno));
+        return NULL;
+    }
+    return buf;
 }
+
+/* Fixture `rel`'s path into buf (a char array), or fail the current test
+ * naming the missing file. */
+#define CHECK_FIXTURE(rel, buf)                                                \
+    CHECK_MSG(mls_test_fixture_path((rel), (buf), sizeof(buf)) != NULL,        \
+              "fixture %s/%s is missing", MLS_FIXTURES_DIR, (rel))
 
 #endif

@@ -1,7 +1,7 @@
 /*
  * test_engine.c - the engine against DeepSeek's reference (golden fixtures).
  *
- * For tiny-v2, tiny-v3 and tiny-v3-fp8 (../shared/fixtures/models), with the
+ * For tiny-v2, tiny-v3 and tiny-v3-fp8 (tests/fixtures/models), with the
  * tolerances of their README:
  *   f32 KV:  prefill logits rel L2 <= 1e-4 per sequence (2e-4 per position),
  *            latent and k_pe read back from the pages <= 1e-4, greedy ids
@@ -39,8 +39,8 @@ static int fixture_open(const char *name, fixture *f)
 
     memset(f, 0, sizeof(*f));
     f->name = name;
-    snprintf(rel, sizeof(rel), "fixtures/models/%s", name);
-    if (mls_test_shared_path(rel, buf, sizeof(buf)) == NULL) {
+    snprintf(rel, sizeof(rel), "models/%s", name);
+    if (mls_test_fixture_path(rel, buf, sizeof(buf)) == NULL) {
         return 0;
     }
     memcpy(dir, buf, sizeof(dir));
@@ -116,9 +116,7 @@ static void check_exact(const char *name)
 {
     fixture f;
     int ok = fixture_open(name, &f);
-    if (ok == 0) {
-        MLS_TEST_SKIP("../shared fixtures absent");
-    }
+    CHECK_MSG(ok != 0, "fixture %s/models/%s is missing", MLS_FIXTURES_DIR, f.name);
     CHECK(ok == 1);
     for (int k = 0; k < 2; k++) {
         const st_tensor *ids_t = golden(&f, k, "prompt_ids");
@@ -155,8 +153,8 @@ static void check_exact(const char *name)
             const st_tensor *gl_lat, *gl_pe;
             double el, ep;
             for (int32_t t = 0; t < T; t++) {
-                const uint8_t *row = eng_kv_pool_page(r.pool, l, seq.pages[t / 64]) +
-                                     (size_t)(t % 64) * eng_kv_pool_layout(r.pool)->row_bytes;
+                const uint8_t *row = kvl_row_cptr(eng_kv_pool_layout(r.pool),
+                                                  eng_kv_pool_layer_base(r.pool, l), seq.pages, t);
                 kvl_row_load(eng_kv_pool_layout(r.pool), row, lat + (size_t)t * R, pe + (size_t)t * D);
             }
             snprintf(what, sizeof(what), "latent.layer%d", l);
@@ -206,9 +204,7 @@ static void check_loose(const char *name, kvl_dtype dtype)
 
     fixture f;
     int ok = fixture_open(name, &f);
-    if (ok == 0) {
-        MLS_TEST_SKIP("../shared fixtures absent");
-    }
+    CHECK_MSG(ok != 0, "fixture %s/models/%s is missing", MLS_FIXTURES_DIR, f.name);
     CHECK(ok == 1);
     for (int k = 0; k < 2; k++) {
         const st_tensor *ids_t = golden(&f, k, "prompt_ids");
@@ -241,8 +237,8 @@ static void check_loose(const char *name, kvl_dtype dtype)
             const kvl_layout *layout = eng_kv_pool_layout(r.pool);
             double el;
             for (int32_t t = 0; t < T; t++) {
-                kvl_row_load(layout, eng_kv_pool_page(r.pool, 0, seq.pages[t / 64]) +
-                                         (size_t)(t % 64) * layout->row_bytes,
+                kvl_row_load(layout,
+                             kvl_row_cptr(layout, eng_kv_pool_layer_base(r.pool, 0), seq.pages, t),
                              lat + (size_t)t * R, pe + (size_t)t * D);
             }
             el = mls_test_rel_l2(lat, golden(&f, k, "latent.layer0")->data, (size_t)T * R);
@@ -283,9 +279,7 @@ static void test_batched_decode_join_leave(void)
 {
     fixture f;
     int ok = fixture_open("tiny-v3", &f);
-    if (ok == 0) {
-        MLS_TEST_SKIP("../shared fixtures absent");
-    }
+    CHECK_MSG(ok != 0, "fixture %s/models/%s is missing", MLS_FIXTURES_DIR, f.name);
     CHECK(ok == 1);
     {
         int32_t V = f.cfg->vocab_size;

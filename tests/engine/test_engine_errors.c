@@ -122,13 +122,7 @@ static void expect_load_error(const char *dir, mls_status want, const char *must
     CHECK_MSG(must2 == NULL || strstr(err.msg, must2) != NULL, "message lacks '%s'", must2);
 }
 
-#define NEED_FIXTURE()                                                                 \
-    do {                                                                               \
-        if (mls_test_shared_path("fixtures/models/tiny-v3-fp8", fixture_dir,           \
-                                 sizeof(fixture_dir)) == NULL) {                       \
-            MLS_TEST_SKIP("../shared fixtures absent");                                \
-        }                                                                              \
-    } while (0)
+#define NEED_FIXTURE() CHECK_FIXTURE("models/tiny-v3-fp8", fixture_dir)
 
 static void test_missing_tensor(void)
 {

@@ -82,7 +82,7 @@ build_manual() {
     done
     local libs="-L$CUDA_HOME/lib64 -lcublasLt -lcublas -lcudart -lstdc++ -lm -lpthread -ldl -lrt"
     ar rcs "$obj/libmls_gpu.a" "$obj"/*.o || return 1
-    cc $cflags -DMLS_SHARED_DIR="\"$ROOT/../shared\"" -DMLS_BIN_DIR="\"$BUILD/bin\"" \
+    cc $cflags -DMLS_FIXTURES_DIR="\"$ROOT/tests/fixtures\"" -DMLS_BIN_DIR="\"$BUILD/bin\"" \
         "$ROOT/tests/gpu/test_cuda_kernels.c" "$obj/libmls_gpu.a" $libs \
         -Wl,-rpath,"$CUDA_HOME/lib64" -o "$BUILD/bin/test_cuda_kernels" || return 1
     cc $cflags "$ROOT/bench/bench_cuda.c" "$obj/libmls_gpu.a" $libs \

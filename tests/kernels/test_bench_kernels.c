@@ -83,9 +83,7 @@ static void test_bench_json(void)
     cJSON *root, *arr, *item;
     int n;
 
-    if (access(bin, X_OK) != 0) {
-        MLS_TEST_SKIP("%s not built", bin);
-    }
+    CHECK_MSG(access(bin, X_OK) == 0, "%s is not built", bin);
     text = run_bench(bin);
     CHECK(text != NULL);
     root = cJSON_Parse(text);

@@ -1,7 +1,7 @@
 /*
  * loader_check.h - test helpers shared by test_loader and test_genmodel:
  * the expected tensor set of a DeepSeek-V2/V3 checkpoint, written down from
- * shared/fixtures/models/README.md section 2 (independently of the generator),
+ * tests/fixtures/models/README.md section 2 (independently of the generator),
  * and small file utilities.
  */
 #ifndef LOADER_CHECK_H

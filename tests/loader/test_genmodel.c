@@ -154,9 +154,7 @@ static void test_tiny_matches_fixture(void)
 {
     char fix[512], out[512];
     mls_err err = {{0}};
-    if (mls_test_shared_path("fixtures/models/tiny-v3", fix, sizeof(fix)) == NULL) {
-        MLS_TEST_SKIP("shared fixtures not present");
-    }
+    CHECK_FIXTURE("models/tiny-v3", fix);
     tmp_path("tiny", out, sizeof(out));
     CHECK_EQ_INT(genmodel("--out", out, "--preset", "tiny", "--seed", "5", NULL), 0);
     model g, f;
@@ -237,24 +235,26 @@ static void test_tiny_fp8(void)
     CHECK_STATS(g.ar, "model.layers.0.mlp.gate_proj.weight", 0.0, 1.0 / 8.0, 0.1);
     CHECK_STATS(g.ar, "model.layers.1.self_attn.q_b_proj.weight", 0.0, 1.5 / sqrt(48), 0.1);
     /* Names and dtypes as in the tiny-v3-fp8 fixture (whose dims differ). */
-    if (mls_test_shared_path("fixtures/models/tiny-v3-fp8", fix, sizeof(fix)) != NULL) {
-        model f;
-        st = model_open(fix, &f, &err);
-        if (st != MLS_OK) {
-            st_close(g.ar);
-            CHECK_MSG(false, "%s", err.msg);
-        }
-        bool same = st_count(g.ar) == st_count(f.ar);
-        for (size_t i = 0; same && i < st_count(f.ar); i++) {
-            same = strcmp(st_at(f.ar, i)->name, st_at(g.ar, i)->name) == 0 &&
-                   st_at(f.ar, i)->dtype == st_at(g.ar, i)->dtype;
-        }
-        int fix_fp8 = 0;
-        check_fp8_blocks(f.ar, &fix_fp8); /* the fixture's quantizer obeys the same rule */
-        st_close(f.ar);
-        CHECK_MSG(same, "tiny fp8 names/dtypes differ from tiny-v3-fp8");
-        CHECK_EQ_INT(fix_fp8, 120);
+    if (mls_test_fixture_path("models/tiny-v3-fp8", fix, sizeof(fix)) == NULL) {
+        st_close(g.ar);
+        CHECK_MSG(false, "fixture %s/models/tiny-v3-fp8 is missing", MLS_FIXTURES_DIR);
     }
+    model f;
+    st = model_open(fix, &f, &err);
+    if (st != MLS_OK) {
+        st_close(g.ar);
+        CHECK_MSG(false, "%s", err.msg);
+    }
+    bool same = st_count(g.ar) == st_count(f.ar);
+    for (size_t i = 0; same && i < st_count(f.ar); i++) {
+        same = strcmp(st_at(f.ar, i)->name, st_at(g.ar, i)->name) == 0 &&
+               st_at(f.ar, i)->dtype == st_at(g.ar, i)->dtype;
+    }
+    int fix_fp8 = 0;
+    check_fp8_blocks(f.ar, &fix_fp8); /* the fixture's quantizer obeys the same rule */
+    st_close(f.ar);
+    CHECK_MSG(same, "tiny fp8 names/dtypes differ from tiny-v3-fp8");
+    CHECK_EQ_INT(fix_fp8, 120);
     st_close(g.ar);
 }
 

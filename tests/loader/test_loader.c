@@ -1,9 +1,9 @@
 /*
  * test_loader.c - safetensors reader/writer and config.json parser, on the
- * shared fixture checkpoints and on deliberately broken files.
+ * fixture checkpoints (tests/fixtures) and on deliberately broken files.
  *
  * Expected fixture values (first elements, fp8 code statistics) were read with
- * an independent Python reader and match shared/fixtures/models/README.md.
+ * an independent Python reader and match tests/fixtures/models/README.md.
  */
 #define _GNU_SOURCE
 #include <cjson/cJSON.h>
@@ -20,8 +20,8 @@
 static const char *fixture(const char *model, char *buf, size_t len)
 {
     char rel[256];
-    snprintf(rel, sizeof(rel), "fixtures/models/%s", model);
-    return mls_test_shared_path(rel, buf, len);
+    snprintf(rel, sizeof(rel), "models/%s", model);
+    return mls_test_fixture_path(rel, buf, len);
 }
 
 static char tmp_root[256];
@@ -102,9 +102,7 @@ static void test_config_fixtures(void)
     char dir[512], path[600];
     eng_config c;
     mls_err err = {{0}};
-    if (fixture("tiny-v2", dir, sizeof(dir)) == NULL) {
-        MLS_TEST_SKIP("shared fixtures not present");
-    }
+    CHECK_FIXTURE("models/tiny-v2", dir);
     snprintf(path, sizeof(path), "%s/config.json", dir);
     CHECK_OK(eng_config_load(path, &c, &err));
     CHECK_STR_EQ(c.model_type, "deepseek_v2");
@@ -194,9 +192,7 @@ static void test_safetensors_fixtures(void)
     static const size_t counts[] = {83, 139, 259};
     char dir[512], path[600];
     mls_err err = {{0}};
-    if (fixture("tiny-v2", dir, sizeof(dir)) == NULL) {
-        MLS_TEST_SKIP("shared fixtures not present");
-    }
+    CHECK_FIXTURE("models/tiny-v2", dir);
     int64_t weights_before = mls_alloc_bytes(MLS_ALLOC_TAG_WEIGHTS);
     for (int m = 0; m < 3; m++) {
         eng_config c;
@@ -457,9 +453,7 @@ static void test_sharded(void)
 {
     char src[512], dir[600], path[700];
     mls_err err = {{0}};
-    if (fixture("tiny-v3-fp8", src, sizeof(src)) == NULL) {
-        MLS_TEST_SKIP("shared fixtures not present");
-    }
+    CHECK_FIXTURE("models/tiny-v3-fp8", src);
     CHECK(tmp_dir() != NULL);
     snprintf(dir, sizeof(dir), "%s/sharded", tmp_dir());
     CHECK(mkdir(dir, 0700) == 0);
@@ -575,23 +569,20 @@ static void test_sharded(void)
 
 static void test_bad_files(void)
 {
-    char src[512], path[600];
+    char model[600], path[600];
     const char *dir = tmp_dir();
     CHECK(dir != NULL);
     snprintf(path, sizeof(path), "%s/bad.safetensors", dir);
     uint8_t data[64] = {0};
 
-    if (fixture("tiny-v2", src, sizeof(src)) != NULL) {
-        char model[600];
-        snprintf(model, sizeof(model), "%s/model.safetensors", src);
-        /* Truncated mid-data: the last tensors run past the end. */
-        CHECK(copy_file(model, path, 300000) == 0);
-        EXPECT_BAD(path, MLS_ERR_BAD_MODEL, "outside the data region");
-        CHECK(copy_file(model, path, 5000) == 0); /* mid-header */
-        EXPECT_BAD(path, MLS_ERR_BAD_MODEL, "runs past the end");
-        CHECK(copy_file(model, path, 5) == 0);
-        EXPECT_BAD(path, MLS_ERR_BAD_MODEL, "truncated");
-    }
+    CHECK_FIXTURE("models/tiny-v2/model.safetensors", model);
+    /* Truncated mid-data: the last tensors run past the end. */
+    CHECK(copy_file(model, path, 300000) == 0);
+    EXPECT_BAD(path, MLS_ERR_BAD_MODEL, "outside the data region");
+    CHECK(copy_file(model, path, 5000) == 0); /* mid-header */
+    EXPECT_BAD(path, MLS_ERR_BAD_MODEL, "runs past the end");
+    CHECK(copy_file(model, path, 5) == 0);
+    EXPECT_BAD(path, MLS_ERR_BAD_MODEL, "truncated");
     CHECK(write_raw(path, 1000, "{}", NULL, 0) == 0);
     EXPECT_BAD(path, MLS_ERR_BAD_MODEL, "header length 1000");
     CHECK(write_raw(path, UINT64_MAX, "{}      ", NULL, 0) == 0);
@@ -861,9 +852,7 @@ static void edit_norm_str(cJSON *r)
 static void test_config_errors(void)
 {
     char dir[512], path[600];
-    if (fixture("tiny-v3", dir, sizeof(dir)) == NULL) {
-        MLS_TEST_SKIP("shared fixtures not present");
-    }
+    CHECK_FIXTURE("models/tiny-v3", dir);
     snprintf(path, sizeof(path), "%s/config.json", dir);
     FILE *fp = fopen(path, "rb");
     CHECK(fp != NULL);

@@ -1,11 +1,11 @@
 /*
  * test_tokenizer.c - the tokenizer against Hugging Face's own outputs.
  *
- * Every case of ../shared/fixtures/tokenizers/{gpt2,deepseek-v3}/cases.jsonl
+ * Every case of tests/fixtures/tokenizers/{gpt2,deepseek-v3}/cases.jsonl
  * (encode ids; decode text, text_skip_special, and the per-prefix ground truth
  * for the streaming detokenizer) and every chat case; the `mlaserve tokenize`
- * CLI; malformed tokenizer.json files (these use small synthetic files and run
- * without ../shared).
+ * CLI; malformed tokenizer.json files (these use small synthetic files).
+ * A missing fixture, or one that does not load, fails every test that needs it.
  */
 #include <pthread.h>
 #include <stdarg.h>
@@ -19,7 +19,7 @@
 #include "tjson.h"
 #include "tok.h"
 
-#define FIX_DIR "fixtures/tokenizers"
+#define FIX_DIR "tokenizers"
 
 static tok_tokenizer *g_gpt2, *g_ds;
 
@@ -299,9 +299,8 @@ static void run_cases(const tok_tokenizer *tok, const char *dir, int want_encode
     case_ctx cx = {.tok = tok};
 
     snprintf(rel, sizeof(rel), FIX_DIR "/%s/cases.jsonl", dir);
-    if (mls_test_shared_path(rel, path, sizeof(path)) == NULL || tok == NULL) {
-        MLS_TEST_SKIP("%s/%s not found", MLS_SHARED_DIR, rel);
-    }
+    CHECK_FIXTURE(rel, path);
+    CHECK_MSG(tok != NULL, "the %s tokenizer did not load", dir);
     CHECK(for_each_line(path, case_line, &cx) > 0);
     /* encode cases also run a decode round trip: count decode-kind cases apart */
     fprintf(stderr,
@@ -393,10 +392,8 @@ static void test_deepseek_chat(void)
 {
     char path[512];
     chat_ctx cx = {0};
-    if (mls_test_shared_path(FIX_DIR "/deepseek-v3/chat_cases.jsonl", path, sizeof(path)) == NULL ||
-        g_ds == NULL) {
-        MLS_TEST_SKIP("deepseek-v3 chat cases not found");
-    }
+    CHECK_FIXTURE(FIX_DIR "/deepseek-v3/chat_cases.jsonl", path);
+    CHECK_MSG(g_ds != NULL, "the deepseek-v3 tokenizer did not load");
     CHECK(for_each_line(path, chat_line, &cx) > 0);
     fprintf(stderr, "  deepseek-v3: %d chat cases, %d failures\n", cx.n, cx.failed);
     CHECK_EQ_INT(cx.failed, 0);
@@ -409,9 +406,7 @@ static void test_deepseek_chat_rules(void)
     char *text = NULL;
     size_t len;
     mls_err err;
-    if (g_ds == NULL) {
-        MLS_TEST_SKIP("deepseek-v3 tokenizer not found");
-    }
+    CHECK_MSG(g_ds != NULL, "the deepseek-v3 tokenizer did not load");
     tok_tool_call tc = {.type = "function", .name = "f", .arguments = "{}"};
     tok_chat_msg msgs[] = {
         {.role = "user", .content = "a"},
@@ -448,9 +443,7 @@ static void test_vocab_api(void)
 {
     size_t len = 0;
     const char *s;
-    if (g_ds == NULL || g_gpt2 == NULL) {
-        MLS_TEST_SKIP("tokenizer fixtures not found");
-    }
+    CHECK_MSG(g_ds != NULL && g_gpt2 != NULL, "the fixture tokenizers did not load");
     /* meta.json of each fixture */
     CHECK_EQ_INT(tok_vocab_size(g_ds), 128815);
     CHECK_EQ_INT(tok_bos_id(g_ds), 0);
@@ -480,9 +473,7 @@ static void test_encode_edges(void)
     mls_err err;
     char *out = NULL;
     size_t len;
-    if (g_gpt2 == NULL) {
-        MLS_TEST_SKIP("gpt2 tokenizer not found");
-    }
+    CHECK_MSG(g_gpt2 != NULL, "the gpt2 tokenizer did not load");
     /* invalid UTF-8 is refused and leaves the vector as it was */
     CHECK_OK(tok_ids_push(&ids, 7));
     CHECK_STATUS(tok_encode(g_gpt2, "ab\xff", 3, &ids, &err), MLS_ERR_INVALID_ARG);
@@ -510,10 +501,8 @@ static void test_encode_speed(void)
 {
     char path[512];
     size_t len = 0;
-    if (g_ds == NULL ||
-        mls_test_shared_path(FIX_DIR "/deepseek-v3/cases.jsonl", path, sizeof(path)) == NULL) {
-        MLS_TEST_SKIP("fixtures not found");
-    }
+    CHECK_MSG(g_ds != NULL, "the deepseek-v3 tokenizer did not load");
+    CHECK_FIXTURE(FIX_DIR "/deepseek-v3/cases.jsonl", path);
     char *buf = read_all(path, &len);
     CHECK(buf != NULL);
     char *line = strstr(buf, "{\"kind\":\"encode\",\"name\":\"big_paragraph_20kb\"");
@@ -617,10 +606,8 @@ static void test_threads(void)
     thread_arg args[4];
     size_t n_lines = 0;
     tj_val **lines, arr = {.type = TJ_ARR};
-    if (g_ds == NULL ||
-        mls_test_shared_path(FIX_DIR "/deepseek-v3/cases.jsonl", path, sizeof(path)) == NULL) {
-        MLS_TEST_SKIP("fixtures not found");
-    }
+    CHECK_MSG(g_ds != NULL, "the deepseek-v3 tokenizer did not load");
+    CHECK_FIXTURE(FIX_DIR "/deepseek-v3/cases.jsonl", path);
     lines = load_lines(path, &n_lines);
     CHECK(lines != NULL);
     arr.items = calloc(n_lines + 1, sizeof(*arr.items));
@@ -806,12 +793,9 @@ static void test_cli(void)
 {
     char dir[512], in[512], out[512], cmd[2048];
     size_t len = 0;
-    if (mls_test_shared_path(FIX_DIR "/deepseek-v3", dir, sizeof(dir)) == NULL) {
-        MLS_TEST_SKIP("deepseek-v3 fixture not found");
-    }
-    if (access(MLS_BIN_DIR "/mlaserve", X_OK) != 0) {
-        MLS_TEST_SKIP("%s/mlaserve not built", MLS_BIN_DIR);
-    }
+    CHECK_FIXTURE(FIX_DIR "/deepseek-v3", dir);
+    CHECK_MSG(access(MLS_BIN_DIR "/mlaserve", X_OK) == 0, "%s/mlaserve is not built",
+              MLS_BIN_DIR);
     snprintf(in, sizeof(in), "%s/in.jsonl", g_tmp);
     snprintf(out, sizeof(out), "%s/out.jsonl", g_tmp);
     CHECK(write_file(in, "{\"text\":\"Hello world\"}\n"
@@ -879,12 +863,11 @@ static tok_tokenizer *load_fixture(const char *name)
     tok_tokenizer *tok = NULL;
     mls_err err;
     snprintf(rel, sizeof(rel), FIX_DIR "/%s", name);
-    if (mls_test_shared_path(rel, path, sizeof(path)) == NULL) {
+    if (mls_test_fixture_path(rel, path, sizeof(path)) == NULL) {
         return NULL;
     }
     if (tok_tokenizer_load(path, &tok, &err) != MLS_OK) {
-        fprintf(stderr, "load %s: %s\n", path, err.msg);
-        mls_test_failed_count++;
+        fprintf(stderr, "  load %s: %s\n", path, err.msg);
         return NULL;
     }
     return tok;
@@ -897,10 +880,8 @@ static void test_load_fixtures(void)
     g_gpt2 = load_fixture("gpt2");
     g_ds = load_fixture("deepseek-v3");
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    if (g_gpt2 == NULL && g_ds == NULL) {
-        MLS_TEST_SKIP("%s/" FIX_DIR " not found", MLS_SHARED_DIR);
-    }
-    CHECK(g_gpt2 != NULL && g_ds != NULL);
+    CHECK_MSG(g_gpt2 != NULL && g_ds != NULL, "the tokenizers under %s/" FIX_DIR " did not load",
+              MLS_FIXTURES_DIR);
     fprintf(stderr, "  loaded both in %.0f ms, %lld bytes under TOKENIZER\n",
             ((double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9) * 1e3,
             (long long)mls_alloc_bytes(MLS_ALLOC_TAG_TOKENIZER));

@@ -18,9 +18,7 @@
 #include "mls_cli.h"
 #include "mls_status.h"
 #include "mls_test.h"
-#ifdef MLS_TEST_HAVE_TOKENIZER
 #include "tok.h"
-#endif
 
 static char tmp_root[256];
 
@@ -347,7 +345,6 @@ static void test_config_json(void)
     unlink(path);
 }
 
-#ifdef MLS_TEST_HAVE_TOKENIZER
 /* Encode each text with the loaded tokenizer; round trip and count. */
 static void check_encode(const tok_tokenizer *tok, const char *text, size_t len, uint64_t *ntok_p)
 {
@@ -363,14 +360,10 @@ static void check_encode(const tok_tokenizer *tok, const char *text, size_t len,
     free(back);
     tok_ids_free(&ids);
 }
-#endif
 
 /* The written files load in the project's tokenizer; encoding reproduces training. */
 static void test_tokenizer_roundtrip(void)
 {
-#ifndef MLS_TEST_HAVE_TOKENIZER
-    MLS_TEST_SKIP("the tokenizer library (mls_tokenizer) is not built");
-#else
     char dir[300], path[400];
     size_t l1 = 0, l2 = 0;
     char *t1 = make_corpus(150000, 11, &l1), *t2 = make_corpus(50000, 12, &l2);
@@ -446,7 +439,6 @@ static void test_tokenizer_roundtrip(void)
     free(t1);
     free(t2);
     lc_rmdir(dir);
-#endif
 }
 
 static const char *const out_files[] = {"config.json", "model.safetensors", "tokenizer.json",
@@ -545,7 +537,6 @@ static void test_genmodel_demo(void)
     mls_status cst = lc_check_model(ar, &cfg, &err);
     st_close(ar);
     CHECK_MSG(cst == MLS_OK, "%s", err.msg);
-#ifdef MLS_TEST_HAVE_TOKENIZER
     tok_tokenizer *tok = NULL;
     CHECK_OK(tok_tokenizer_load(d1, &tok, &err));
     CHECK_EQ_INT(tok_vocab_size(tok), cfg.vocab_size);
@@ -557,7 +548,6 @@ static void test_genmodel_demo(void)
     CHECK(ids.n > 0 && ids.n * 3 < sizeof(gpl)); /* seen text: long tokens */
     tok_ids_free(&ids);
     tok_tokenizer_destroy(tok);
-#endif
     /* another seed changes the weights, not the tokenizer; --no-tokenizer writes none */
     CHECK_EQ_INT(genmodel("--preset", "demo", "--out", d2, "--seed", "2", "--force", NULL), 0);
     char a[400], b[400];
