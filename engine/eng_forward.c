@@ -58,7 +58,9 @@ struct eng_ctx {
     const eng_model *model;
     eng_kv_pool *pool;
     const eng_backend_ops *be;
-    kc_pool *threads;
+    void *bctx;               /* the backend's context (CPU: the kc_pool) */
+    eng_loc loc;              /* where the scratch lives: be->loc */
+    mls_err err;              /* the last failed op's cause */
     int32_t chunk;
     int32_t cap_tokens;       /* rows the scratch holds */
     void *scratch_mem;
@@ -147,38 +149,82 @@ static mls_status eng_ctx_reserve(eng_ctx *ctx, int32_t T)
     return MLS_OK;
 }
 
-mls_status eng_ctx_create(const eng_model *model, eng_kv_pool *pool, int n_threads,
-                          eng_ctx **ctx_p)
+mls_status eng_ctx_create_opts(const eng_model *model, eng_kv_pool *pool,
+                               const eng_ctx_opts *opts, eng_ctx **ctx_p, mls_err *err)
 {
     const eng_config *c = &model->cfg;
     const kvl_layout *layout = eng_kv_pool_layout(pool);
+    eng_ctx_opts cpu = {0, ENG_DEVICE_CPU, 0};
+    const eng_backend_ops *be;
+    void *bctx = NULL;
     eng_ctx *ctx;
     mls_status st;
 
+    if (opts == NULL) {
+        opts = &cpu;
+    }
     if (layout->kv_lora_rank != (uint32_t)c->kv_lora_rank ||
         layout->rope_dim != (uint32_t)c->qk_rope_head_dim ||
         eng_kv_pool_layers(pool) != c->num_hidden_layers) {
-        mls_error("engine: kv pool shape (R=%u D=%u layers=%d) does not fit the model "
-                  "(R=%d D=%d layers=%d)", layout->kv_lora_rank, layout->rope_dim,
-                  eng_kv_pool_layers(pool), c->kv_lora_rank, c->qk_rope_head_dim,
-                  c->num_hidden_layers);
+        mls_err_set(err, "engine: kv pool shape (R=%u D=%u layers=%d) does not fit the model "
+                    "(R=%d D=%d layers=%d)", layout->kv_lora_rank, layout->rope_dim,
+                    eng_kv_pool_layers(pool), c->kv_lora_rank, c->qk_rope_head_dim,
+                    c->num_hidden_layers);
         return MLS_ERR_INVALID_ARG;
+    }
+    if ((st = eng_device_check(opts->device, opts->device_index, err)) != MLS_OK ||
+        (st = eng_backend_get(opts->device, &be, err)) != MLS_OK) {
+        return st;
+    }
+    if (eng_kv_pool_device(pool) != opts->device) {
+        mls_err_set(err, "engine: the kv pool lives on %s, the context computes on %s",
+                    eng_device_name(eng_kv_pool_device(pool)), eng_device_name(opts->device));
+        return MLS_ERR_INVALID_ARG;
+    }
+    if ((st = be->ctx_create(opts->n_threads, opts->device_index, &bctx, err)) != MLS_OK) {
+        return st;
+    }
+    if (be->loc != ENG_LOC_HOST) {
+        /* What remains: weights on the device (eng_linear.dev, norms), the
+         * scratch in device memory, and the host glue of this file (embedding
+         * lookup, residual adds, per-head gathers, expert grouping) as ops. */
+        mls_err_set(err, "engine: the %s backend is built but the forward pass does not run "
+                    "on it yet (weights, scratch and the residual/gather glue are host-only)",
+                    be->name);
+        st = MLS_ERR_UNSUPPORTED;
+        goto undo_backend;
     }
     ctx = mls_alloc(MLS_ALLOC_TAG_SCRATCH, sizeof(*ctx));
     if (ctx == NULL) {
-        return MLS_ERR_NO_MEMORY;
+        mls_err_set(err, "engine: out of memory for a context");
+        st = MLS_ERR_NO_MEMORY;
+        goto undo_backend;
     }
     ctx->model = model;
     ctx->pool = pool;
-    ctx->be = &eng_backend_cpu;
+    ctx->be = be;
+    ctx->bctx = bctx;
+    ctx->loc = be->loc;
     ctx->chunk = 256;
-    st = kc_pool_create(n_threads, &ctx->threads);
-    if (st != MLS_OK) {
-        mls_free(MLS_ALLOC_TAG_SCRATCH, ctx, sizeof(*ctx));
-        return st;
-    }
     *ctx_p = ctx;
     return MLS_OK;
+
+undo_backend:
+    be->ctx_destroy(bctx);
+    return st;
+}
+
+mls_status eng_ctx_create(const eng_model *model, eng_kv_pool *pool, int n_threads,
+                          eng_ctx **ctx_p)
+{
+    eng_ctx_opts opts = {n_threads, ENG_DEVICE_CPU, 0};
+    mls_err err = {{0}};
+    mls_status st = eng_ctx_create_opts(model, pool, &opts, ctx_p, &err);
+
+    if (st != MLS_OK) {
+        mls_error("%s", err.msg);
+    }
+    return st;
 }
 
 void eng_ctx_destroy(eng_ctx *ctx)
@@ -186,15 +232,77 @@ void eng_ctx_destroy(eng_ctx *ctx)
     if (ctx == NULL) {
         return;
     }
-    kc_pool_destroy(ctx->threads);
+    ctx->be->ctx_destroy(ctx->bctx);
     mls_free(MLS_ALLOC_TAG_SCRATCH, ctx->scratch_mem, ctx->scratch_bytes);
-    mls_free(MLS_ALLOC_TAG_SCRATCH, ctx->mla_ws, ctx->mla_ws_bytes);
+    ctx->be->mem_free(MLS_ALLOC_TAG_SCRATCH, ctx->mla_ws, ctx->mla_ws_bytes);
     mls_free(MLS_ALLOC_TAG_SCRATCH, ctx, sizeof(*ctx));
+}
+
+eng_device eng_ctx_device(const eng_ctx *ctx)
+{
+    return ctx->be->device;
 }
 
 void eng_ctx_set_chunk(eng_ctx *ctx, int32_t chunk_tokens)
 {
     ctx->chunk = chunk_tokens > 0 ? chunk_tokens : 256;
+}
+
+/* ---- backend ops on the context's scratch ------------------------------------ */
+
+/* An op's status passes straight up; its cause is in ctx->err, logged once by
+ * the API call that ran the forward pass. */
+#define ENG_TRY(expr)            \
+    do {                         \
+        mls_status st_ = (expr); \
+        if (st_ != MLS_OK) {     \
+            return st_;          \
+        }                        \
+    } while (0)
+
+/* Dense f32 (rows, cols) scratch or weight data where the context computes. */
+static inline eng_tensor eng_f32(const eng_ctx *ctx, const float *data, int64_t rows, int64_t cols)
+{
+    return eng_tensor_2d(ctx->loc, ENG_DTYPE_F32, (void *)data, rows, cols);
+}
+
+/* y (n, w.rows) = x (n, w.cols) . W^T */
+static inline mls_status eng_mm(eng_ctx *ctx, const eng_linear *w, const float *x, int64_t n,
+                                float *y)
+{
+    eng_tensor tx = eng_f32(ctx, x, n, w->m.cols), ty = eng_f32(ctx, y, n, w->m.rows);
+    return ctx->be->matmul(ctx->bctx, w, &tx, &ty, &ctx->err);
+}
+
+/* y (n, w.cols) = x (n, w.rows) . W */
+static inline mls_status eng_mm_t(eng_ctx *ctx, const eng_linear *w, const float *x, int64_t n,
+                                  float *y)
+{
+    eng_tensor tx = eng_f32(ctx, x, n, w->m.rows), ty = eng_f32(ctx, y, n, w->m.cols);
+    return ctx->be->matmul_t(ctx->bctx, w, &tx, &ty, &ctx->err);
+}
+
+/* out (n, dim) = rmsnorm(x (n, dim)) * w (dim); rows `stride` floats apart. */
+static inline mls_status eng_norm(eng_ctx *ctx, const float *x, const float *w, int64_t n,
+                                  int64_t dim, int64_t stride, float *out)
+{
+    eng_tensor tx = eng_tensor_2d_strided(ctx->loc, ENG_DTYPE_F32, (void *)x, n, dim, stride);
+    eng_tensor to = eng_tensor_2d_strided(ctx->loc, ENG_DTYPE_F32, out, n, dim, stride);
+    eng_tensor tw = eng_tensor_1d(ctx->loc, ENG_DTYPE_F32, (void *)w, dim);
+    return ctx->be->rmsnorm(ctx->bctx, &tx, &tw, ctx->model->cfg.rms_norm_eps, &to, &ctx->err);
+}
+
+/* Rotary (and the YaRN mscale) on one token's n_vec vectors of dim floats,
+ * vec_stride floats apart, at position *pos. */
+static inline mls_status eng_rope(eng_ctx *ctx, float *x, int64_t n_vec, int64_t dim,
+                                  int64_t vec_stride, const int32_t *pos)
+{
+    const eng_model *m = ctx->model;
+    eng_tensor tx = {x, ENG_DTYPE_F32, ctx->loc, 3, {1, n_vec, dim, 0},
+                     {n_vec * vec_stride, vec_stride, 1, 0}};
+    eng_tensor tp = eng_tensor_1d(ctx->loc, ENG_DTYPE_I32, (void *)pos, 1);
+    eng_tensor tf = eng_tensor_1d(ctx->loc, ENG_DTYPE_F32, m->inv_freq, dim / 2);
+    return ctx->be->rope(ctx->bctx, &tx, &tp, &tf, m->rope_mscale, &ctx->err);
 }
 
 /* ---- attention ------------------------------------------------------------ */
@@ -211,38 +319,28 @@ static mls_status eng_attention(eng_ctx *ctx, const eng_layer *L, int32_t layer,
     int64_t D = c->qk_rope_head_dim, nope = c->qk_nope_head_dim, v = c->v_head_dim;
     int64_t qk = nope + D;
     uint8_t *kv_base = eng_kv_pool_layer_base(ctx->pool, layer);
-    kc_mla_params mp;
+    eng_mla_args mp;
     size_t ws;
 
     /* queries */
     if (c->q_lora_rank > 0) {
-        be->matmul(ctx->threads, &L->q_a.m, s->h, T, s->qa);
-        be->rmsnorm(s->qa, L->q_a_norm, T, c->q_lora_rank, c->rms_norm_eps, s->qa);
-        be->matmul(ctx->threads, &L->q_b.m, s->qa, T, s->q);
+        ENG_TRY(eng_mm(ctx, &L->q_a, s->h, T, s->qa));
+        ENG_TRY(eng_norm(ctx, s->qa, L->q_a_norm, T, c->q_lora_rank, c->q_lora_rank, s->qa));
+        ENG_TRY(eng_mm(ctx, &L->q_b, s->qa, T, s->q));
     } else {
-        be->matmul(ctx->threads, &L->q.m, s->h, T, s->q);
+        ENG_TRY(eng_mm(ctx, &L->q, s->h, T, s->q));
     }
     /* this layer's latent rows: normalise, rotate, store into the pages */
-    be->matmul(ctx->threads, &L->kv_a.m, s->h, T, s->kv);
+    ENG_TRY(eng_mm(ctx, &L->kv_a, s->h, T, s->kv));
     for (int32_t t = 0; t < T; t++) {
         float *row = s->kv + t * (R + D);
         const eng_seq *seq = seqs[s->tok_seq[t]];
         int32_t p = s->pos[t];
         uint8_t *dst;
 
-        be->rmsnorm(row, L->kv_a_norm, 1, R, c->rms_norm_eps, row);
-        be->rope(row + R, 1, D, D, p, m->inv_freq);
-        be->rope(s->q + t * heads * qk + nope, heads, D, qk, p, m->inv_freq);
-        if (m->rope_mscale != 1.0f) {
-            for (int64_t i = 0; i < D; i++) {
-                row[R + i] *= m->rope_mscale;
-            }
-            for (int64_t h = 0; h < heads; h++) {
-                for (int64_t i = 0; i < D; i++) {
-                    s->q[t * heads * qk + h * qk + nope + i] *= m->rope_mscale;
-                }
-            }
-        }
+        ENG_TRY(eng_norm(ctx, row, L->kv_a_norm, 1, R, R + D, row));
+        ENG_TRY(eng_rope(ctx, row + R, 1, D, D, &s->pos[t]));
+        ENG_TRY(eng_rope(ctx, s->q + t * heads * qk + nope, heads, D, qk, &s->pos[t]));
         dst = kv_base + (uint64_t)seq->pages[p / KVL_PAGE_TOKENS] * layout->page_bytes +
               (uint64_t)(p % KVL_PAGE_TOKENS) * layout->row_bytes;
         kvl_row_store(layout, dst, row, row + R);
@@ -250,15 +348,15 @@ static mls_status eng_attention(eng_ctx *ctx, const eng_layer *L, int32_t layer,
 
     /* absorb W_UK: q_lat[t, h, :] = q_nope[t, h, :] . kv_b[h*(nope+v) : +nope, :] */
     for (int64_t h = 0; h < heads; h++) {
-        kc_matrix wuk = L->kv_b.m;
-        wuk.row0 = h * (nope + v);
-        wuk.rows = nope;
+        eng_linear wuk = L->kv_b;
+        wuk.m.row0 = h * (nope + v);
+        wuk.m.rows = nope;
         for (int32_t t = 0; t < T; t++) {
             memcpy(s->g_in + t * nope, s->q + t * heads * qk + h * qk, sizeof(float) * nope);
             memcpy(s->q_rope + (t * heads + h) * D, s->q + t * heads * qk + h * qk + nope,
                    sizeof(float) * D);
         }
-        be->matmul_t(ctx->threads, &wuk, s->g_in, T, s->g_out);
+        ENG_TRY(eng_mm_t(ctx, &wuk, s->g_in, T, s->g_out));
         for (int32_t t = 0; t < T; t++) {
             memcpy(s->q_lat + (t * heads + h) * R, s->g_out + t * R, sizeof(float) * R);
         }
@@ -268,41 +366,41 @@ static mls_status eng_attention(eng_ctx *ctx, const eng_layer *L, int32_t layer,
     for (int32_t i = 0; i < n_seqs; i++) {
         s->mseq[i].page_table = seqs[i]->pages;
     }
+    memset(&mp, 0, sizeof(mp));
     mp.layout = layout;
-    mp.kv_base = kv_base;
+    mp.kv = eng_tensor_2d(ctx->loc, ENG_DTYPE_U8, kv_base, ctx->pool->n_pages,
+                          (int64_t)layout->page_bytes);
     mp.n_heads = (int32_t)heads;
     mp.softmax_scale = m->softmax_scale;
-    mp.q_latent = s->q_lat;
-    mp.q_rope = s->q_rope;
-    mp.out = s->att;
+    mp.q_latent = eng_f32(ctx, s->q_lat, T, heads * R);
+    mp.q_rope = eng_f32(ctx, s->q_rope, T, heads * D);
+    mp.out = eng_f32(ctx, s->att, T, heads * R);
     mp.seqs = s->mseq;
     mp.n_seqs = n_seqs;
-    ws = be->mla_workspace_size(ctx->threads, &mp);
+    ws = be->mla_workspace_size(ctx->bctx, &mp);
     if (ws > ctx->mla_ws_bytes) {
-        void *mem = mls_alloc(MLS_ALLOC_TAG_SCRATCH, ws);
-        if (mem == NULL) {
-            return MLS_ERR_NO_MEMORY;
-        }
-        mls_free(MLS_ALLOC_TAG_SCRATCH, ctx->mla_ws, ctx->mla_ws_bytes);
+        void *mem = NULL;
+        ENG_TRY(be->mem_alloc(MLS_ALLOC_TAG_SCRATCH, ws, &mem, &ctx->err));
+        be->mem_free(MLS_ALLOC_TAG_SCRATCH, ctx->mla_ws, ctx->mla_ws_bytes);
         ctx->mla_ws = mem;
         ctx->mla_ws_bytes = ws;
     }
-    be->mla_attention(ctx->threads, &mp, ctx->mla_ws);
+    ENG_TRY(be->mla_attention(ctx->bctx, &mp, ctx->mla_ws, &ctx->err));
 
     /* W_UV: attn_out[t, h*v + j] = att[t, h, :] . kv_b[h*(nope+v) + nope + j, :] */
     for (int64_t h = 0; h < heads; h++) {
-        kc_matrix wuv = L->kv_b.m;
-        wuv.row0 = h * (nope + v) + nope;
-        wuv.rows = v;
+        eng_linear wuv = L->kv_b;
+        wuv.m.row0 = h * (nope + v) + nope;
+        wuv.m.rows = v;
         for (int32_t t = 0; t < T; t++) {
             memcpy(s->g_in + t * R, s->att + (t * heads + h) * R, sizeof(float) * R);
         }
-        be->matmul(ctx->threads, &wuv, s->g_in, T, s->g_out);
+        ENG_TRY(eng_mm(ctx, &wuv, s->g_in, T, s->g_out));
         for (int32_t t = 0; t < T; t++) {
             memcpy(s->attn_out + t * heads * v + h * v, s->g_out + t * v, sizeof(float) * v);
         }
     }
-    be->matmul(ctx->threads, &L->o.m, s->attn_out, T, s->f_out);
+    ENG_TRY(eng_mm(ctx, &L->o, s->attn_out, T, s->f_out));
     for (int64_t i = 0; i < (int64_t)T * H; i++) {
         s->x[i] += s->f_out[i];
     }
@@ -312,29 +410,32 @@ static mls_status eng_attention(eng_ctx *ctx, const eng_layer *L, int32_t layer,
 /* ---- feed-forward ---------------------------------------------------------- */
 
 /* out[n, hidden] = down(silu(gate(in)) * up(in)) */
-static void eng_mlp_run(eng_ctx *ctx, const eng_mlp *mlp, const float *in, int32_t n, float *out)
+static mls_status eng_mlp_run(eng_ctx *ctx, const eng_mlp *mlp, const float *in, int32_t n,
+                              float *out)
 {
-    const eng_backend_ops *be = ctx->be;
     int64_t inter = mlp->gate.m.rows;
+    eng_tensor gate = eng_f32(ctx, ctx->s.f_gate, n, inter), up = eng_f32(ctx, ctx->s.f_up, n, inter);
 
-    be->matmul(ctx->threads, &mlp->gate.m, in, n, ctx->s.f_gate);
-    be->matmul(ctx->threads, &mlp->up.m, in, n, ctx->s.f_up);
-    be->silu_mul(ctx->s.f_gate, ctx->s.f_up, (int64_t)n * inter);
-    be->matmul(ctx->threads, &mlp->down.m, ctx->s.f_gate, n, out);
+    ENG_TRY(eng_mm(ctx, &mlp->gate, in, n, ctx->s.f_gate));
+    ENG_TRY(eng_mm(ctx, &mlp->up, in, n, ctx->s.f_up));
+    ENG_TRY(ctx->be->silu_mul(ctx->bctx, &gate, &up, &ctx->err));
+    return eng_mm(ctx, &mlp->down, ctx->s.f_gate, n, out);
 }
 
-static void eng_moe(eng_ctx *ctx, const eng_layer *L, int32_t T)
+static mls_status eng_moe(eng_ctx *ctx, const eng_layer *L, int32_t T)
 {
     const eng_config *c = &ctx->model->cfg;
     eng_scratch *s = &ctx->s;
     int32_t E = c->n_routed_experts, K = c->num_experts_per_tok;
     int64_t H = c->hidden_size;
+    eng_tensor scores = eng_f32(ctx, s->scores, T, E), topw = eng_f32(ctx, s->topw, T, K);
+    eng_tensor topk = eng_tensor_2d(ctx->loc, ENG_DTYPE_I32, s->topk, T, K);
+    eng_tensor bias = eng_tensor_1d(ctx->loc, ENG_DTYPE_F32, L->router_bias, E);
+    eng_tensor biased = eng_tensor_1d(ctx->loc, ENG_DTYPE_F32, s->biased, E);
+    eng_gate_args gate = {&ctx->model->route, L->router_bias != NULL ? &bias : NULL, &biased};
 
-    ctx->be->matmul(ctx->threads, &L->router.m, s->h, T, s->scores);
-    for (int32_t t = 0; t < T; t++) {
-        eng_route(&ctx->model->route, L->router_bias, s->scores + (int64_t)t * E, s->biased,
-                  s->topk + t * K, s->topw + t * K);
-    }
+    ENG_TRY(eng_mm(ctx, &L->router, s->h, T, s->scores));
+    ENG_TRY(ctx->be->moe_gate(ctx->bctx, &gate, &scores, &topk, &topw, &ctx->err));
     /* group (token, slot) pairs by expert: counting sort */
     memset(s->count, 0, sizeof(int32_t) * (size_t)(E + 1));
     for (int32_t i = 0; i < T * K; i++) {
@@ -359,7 +460,7 @@ static void eng_moe(eng_ctx *ctx, const eng_layer *L, int32_t T)
         for (int32_t i = 0; i < n; i++) {
             memcpy(s->f_in + i * H, s->h + (int64_t)s->route[begin + i] * H, sizeof(float) * H);
         }
-        eng_mlp_run(ctx, &L->experts[e], s->f_in, n, s->f_out);
+        ENG_TRY(eng_mlp_run(ctx, &L->experts[e], s->f_in, n, s->f_out));
         for (int32_t i = 0; i < n; i++) {
             float w = s->topw[s->route_k[begin + i]];
             float *dst = s->moe + (int64_t)s->route[begin + i] * H;
@@ -370,7 +471,7 @@ static void eng_moe(eng_ctx *ctx, const eng_layer *L, int32_t T)
         }
     }
     if (c->n_shared_experts > 0) {
-        eng_mlp_run(ctx, &L->shared, s->h, T, s->f_out);
+        ENG_TRY(eng_mlp_run(ctx, &L->shared, s->h, T, s->f_out));
         for (int64_t i = 0; i < (int64_t)T * H; i++) {
             s->moe[i] += s->f_out[i];
         }
@@ -378,6 +479,7 @@ static void eng_moe(eng_ctx *ctx, const eng_layer *L, int32_t T)
     for (int64_t i = 0; i < (int64_t)T * H; i++) {
         s->x[i] += s->moe[i];
     }
+    return MLS_OK;
 }
 
 /* ---- whole model --------------------------------------------------------------- */
@@ -393,7 +495,6 @@ static mls_status eng_forward(eng_ctx *ctx, const int32_t *ids, int32_t T, eng_s
 {
     const eng_model *m = ctx->model;
     const eng_config *c = &m->cfg;
-    const eng_backend_ops *be = ctx->be;
     eng_scratch *s = &ctx->s;
     int64_t H = c->hidden_size;
     mls_status st;
@@ -407,7 +508,7 @@ static mls_status eng_forward(eng_ctx *ctx, const int32_t *ids, int32_t T, eng_s
     for (int32_t l = 0; l < c->num_hidden_layers; l++) {
         const eng_layer *L = &m->layers[l];
 
-        be->rmsnorm(s->x, L->attn_norm, T, H, c->rms_norm_eps, s->h);
+        ENG_TRY(eng_norm(ctx, s->x, L->attn_norm, T, H, H, s->h));
         st = eng_attention(ctx, L, l, T, seqs, n_seqs);
         if (st != MLS_OK) {
             return st;
@@ -415,11 +516,11 @@ static mls_status eng_forward(eng_ctx *ctx, const int32_t *ids, int32_t T, eng_s
         if (layer_done != NULL) {
             layer_done(layer_done_arg, l, s->pos[0], s->pos[T - 1] + 1);
         }
-        be->rmsnorm(s->x, L->ffn_norm, T, H, c->rms_norm_eps, s->h);
+        ENG_TRY(eng_norm(ctx, s->x, L->ffn_norm, T, H, H, s->h));
         if (L->is_moe) {
-            eng_moe(ctx, L, T);
+            ENG_TRY(eng_moe(ctx, L, T));
         } else {
-            eng_mlp_run(ctx, &L->mlp, s->h, T, s->f_out);
+            ENG_TRY(eng_mlp_run(ctx, &L->mlp, s->h, T, s->f_out));
             for (int64_t i = 0; i < (int64_t)T * H; i++) {
                 s->x[i] += s->f_out[i];
             }
@@ -427,10 +528,10 @@ static mls_status eng_forward(eng_ctx *ctx, const int32_t *ids, int32_t T, eng_s
     }
     if (n_out > 0 && logits_out != NULL) {
         for (int32_t i = 0; i < n_out; i++) {
-            be->rmsnorm(s->x + (int64_t)s->out_row[i] * H, m->final_norm, 1, H, c->rms_norm_eps,
-                        s->h + (int64_t)i * H);
+            ENG_TRY(eng_norm(ctx, s->x + (int64_t)s->out_row[i] * H, m->final_norm, 1, H, H,
+                             s->h + (int64_t)i * H));
         }
-        be->matmul(ctx->threads, &m->lm_head.m, s->h, n_out, logits_out);
+        ENG_TRY(eng_mm(ctx, &m->lm_head, s->h, n_out, logits_out));
     }
     return MLS_OK;
 }
@@ -497,6 +598,7 @@ mls_status eng_prefill(eng_ctx *ctx, eng_seq *seq, const int32_t *ids, int32_t n
         }
         st = eng_forward(ctx, ids + off, T, seqs, 1, n_out, out, layer_done, layer_done_arg);
         if (st != MLS_OK) {
+            mls_error("engine: prefill on %s: %s", ctx->be->name, ctx->err.msg);
             return st;
         }
         seq->n_tokens += T;
@@ -536,6 +638,7 @@ mls_status eng_decode_step(eng_ctx *ctx, eng_seq *const *seqs, const int32_t *id
     }
     st = eng_forward(ctx, ids, n_seqs, seqs, n_seqs, n_seqs, logits_out, NULL, NULL);
     if (st != MLS_OK) {
+        mls_error("engine: decode on %s: %s", ctx->be->name, ctx->err.msg);
         return st;
     }
     for (int32_t i = 0; i < n_seqs; i++) {

@@ -6,15 +6,11 @@
 
 #include <pthread.h>
 
+#include "eng_backend.h"
 #include "eng_route.h"
 #include "eng_safetensors.h"
 #include "engine.h"
 #include "kc.h"
-
-/* A linear weight: the matrix view the kernels read (straight from the mmap). */
-typedef struct {
-    kc_matrix m;               /* (out_features, in_features) */
-} eng_linear;
 
 typedef struct {
     eng_linear gate;           /* (inter, hidden) */
@@ -66,30 +62,13 @@ struct eng_kv_pool {
     uint32_t n_pages;
     uint8_t **layer_base;      /* [n_layers] each n_pages * page_bytes */
     bool owns_memory;          /* false: layer memory belongs to the caller */
+    const eng_backend_ops *mem; /* allocated layer memory (owns_memory); NULL: the caller's */
+    eng_device device;         /* where layer memory lives (external: the host) */
     uint64_t layer_bytes;
     pthread_mutex_t lock;
     uint32_t *free_list;       /* [n_pages] stack of free page ids */
     uint32_t n_free;
 };
-
-/*
- * The compute backend table: every op the forward pass runs. The CPU table
- * wraps kernels/cpu; a CUDA table implements the same ops on device memory.
- * `pool` is the backend's thread pool / stream handle.
- */
-typedef struct {
-    const char *name;
-    void (*matmul)(kc_pool *pool, const kc_matrix *w, const float *x, int64_t n, float *y);
-    void (*matmul_t)(kc_pool *pool, const kc_matrix *w, const float *x, int64_t n, float *y);
-    void (*rmsnorm)(const float *x, const float *w, int64_t n, int64_t dim, float eps, float *out);
-    void (*silu_mul)(float *gate, const float *up, int64_t n_elems);
-    void (*rope)(float *x, int64_t n_vec, int64_t dim, int64_t stride, int64_t pos,
-                 const float *inv_freq);
-    size_t (*mla_workspace_size)(const kc_pool *pool, const kc_mla_params *p);
-    void (*mla_attention)(kc_pool *pool, const kc_mla_params *p, void *workspace);
-} eng_backend_ops;
-
-extern const eng_backend_ops eng_backend_cpu;
 
 /* The router's parameters of a config (derived once, at load). */
 void eng_route_params_from_config(const eng_config *c, eng_route_params *p);

@@ -12,13 +12,17 @@
 #include "mls_alloc.h"
 #include "mls_log.h"
 
+/* Layer memory from mem (a backend's allocator), or bases (the caller's) when mem is NULL. */
 static mls_status eng_kv_pool_new(const kvl_layout *layout, int32_t n_layers, uint32_t n_pages,
-                                  uint8_t *const *bases, eng_kv_pool **pool_p)
+                                  const eng_backend_ops *mem, uint8_t *const *bases,
+                                  eng_kv_pool **pool_p, mls_err *err)
 {
+    mls_status st = MLS_ERR_NO_MEMORY;
     eng_kv_pool *pool;
     int32_t l;
 
     if (n_layers <= 0 || n_pages == 0) {
+        mls_err_set(err, "kv pool: %d layers of %u pages", n_layers, n_pages);
         return MLS_ERR_INVALID_ARG;
     }
     pool = mls_alloc(MLS_ALLOC_TAG_KV_POOL, sizeof(*pool));
@@ -35,11 +39,16 @@ static mls_status eng_kv_pool_new(const kvl_layout *layout, int32_t n_layers, ui
         goto err_free_tables;
     }
     pool->owns_memory = bases == NULL;
+    pool->mem = mem;
+    pool->device = mem != NULL ? mem->device : ENG_DEVICE_CPU;
     for (l = 0; l < n_layers; l++) {
-        pool->layer_base[l] = bases ? bases[l] : mls_alloc(MLS_ALLOC_TAG_KV_POOL, pool->layer_bytes);
-        if (pool->layer_base[l] == NULL) {
+        void *base = NULL;
+        if (bases != NULL) {
+            base = bases[l];
+        } else if ((st = mem->mem_alloc(MLS_ALLOC_TAG_KV_POOL, pool->layer_bytes, &base, err))) {
             goto err_free_layers;
         }
+        pool->layer_base[l] = base;
     }
     /* pop order 0, 1, 2, ...: the stack holds ids in reverse */
     for (uint32_t i = 0; i < n_pages; i++) {
@@ -52,19 +61,40 @@ static mls_status eng_kv_pool_new(const kvl_layout *layout, int32_t n_layers, ui
 
 err_free_layers:
     while (pool->owns_memory && l-- > 0) {
-        mls_free(MLS_ALLOC_TAG_KV_POOL, pool->layer_base[l], pool->layer_bytes);
+        mem->mem_free(MLS_ALLOC_TAG_KV_POOL, pool->layer_base[l], pool->layer_bytes);
     }
 err_free_tables:
+    if (st == MLS_ERR_NO_MEMORY) {
+        mls_err_set(err, "kv pool: out of memory for %d layers of %u pages", n_layers, n_pages);
+    }
     mls_free(MLS_ALLOC_TAG_KV_POOL, pool->free_list, sizeof(uint32_t) * n_pages);
     mls_free(MLS_ALLOC_TAG_KV_POOL, pool->layer_base, sizeof(uint8_t *) * (size_t)n_layers);
     mls_free(MLS_ALLOC_TAG_KV_POOL, pool, sizeof(*pool));
-    return MLS_ERR_NO_MEMORY;
+    return st;
 }
 
 mls_status eng_kv_pool_create(const kvl_layout *layout, int32_t n_layers, uint32_t n_pages,
                               eng_kv_pool **pool_p)
 {
-    return eng_kv_pool_new(layout, n_layers, n_pages, NULL, pool_p);
+    return eng_kv_pool_new(layout, n_layers, n_pages, &eng_backend_cpu, NULL, pool_p, NULL);
+}
+
+mls_status eng_kv_pool_create_opts(const kvl_layout *layout, int32_t n_layers, uint32_t n_pages,
+                                   const eng_kv_pool_opts *opts, eng_kv_pool **pool_p,
+                                   mls_err *err)
+{
+    eng_kv_pool_opts host = {ENG_DEVICE_CPU, 0};
+    const eng_backend_ops *mem;
+    mls_status st;
+
+    if (opts == NULL) {
+        opts = &host;
+    }
+    if ((st = eng_device_check(opts->device, opts->index, err)) != MLS_OK ||
+        (st = eng_backend_get(opts->device, &mem, err)) != MLS_OK) {
+        return st;
+    }
+    return eng_kv_pool_new(layout, n_layers, n_pages, mem, NULL, pool_p, err);
 }
 
 mls_status eng_kv_pool_create_external(const kvl_layout *layout, int32_t n_layers, uint32_t n_pages,
@@ -73,7 +103,12 @@ mls_status eng_kv_pool_create_external(const kvl_layout *layout, int32_t n_layer
     if (bases == NULL) {
         return MLS_ERR_INVALID_ARG;
     }
-    return eng_kv_pool_new(layout, n_layers, n_pages, bases, pool_p);
+    return eng_kv_pool_new(layout, n_layers, n_pages, NULL, bases, pool_p, NULL);
+}
+
+eng_device eng_kv_pool_device(const eng_kv_pool *pool)
+{
+    return pool->device;
 }
 
 void eng_kv_pool_destroy(eng_kv_pool *pool)
@@ -82,7 +117,7 @@ void eng_kv_pool_destroy(eng_kv_pool *pool)
         return;
     }
     for (int32_t l = 0; pool->owns_memory && l < pool->n_layers; l++) {
-        mls_free(MLS_ALLOC_TAG_KV_POOL, pool->layer_base[l], pool->layer_bytes);
+        pool->mem->mem_free(MLS_ALLOC_TAG_KV_POOL, pool->layer_base[l], pool->layer_bytes);
     }
     pthread_mutex_destroy(&pool->lock);
     mls_free(MLS_ALLOC_TAG_KV_POOL, pool->free_list, sizeof(uint32_t) * pool->n_pages);

@@ -9,7 +9,8 @@
  *                ids are shared by all layers. Thread-safe alloc/free.
  *   eng_seq      one sequence's page table and length; owned by the caller,
  *                pages owned by the pool (eng_seq_release gives them back).
- *   eng_ctx      compute context: thread pool + scratch; one thread at a time.
+ *   eng_ctx      compute context: a backend (CPU thread pool, or a CUDA
+ *                stream) + scratch; one thread at a time.
  *
  * Forward passes: eng_prefill runs a chunk of prompt tokens of one sequence;
  * eng_decode_step advances N sequences (different lengths, joined or left
@@ -28,6 +29,26 @@
 #include "mls_kv_layout.h"
 #include "mls_rng.h"
 #include "mls_status.h"
+
+/* ---- devices -------------------------------------------------------------- */
+
+/* Where a context computes and a KV pool keeps its pages. */
+typedef enum {
+    ENG_DEVICE_CPU,     /* kernels/cpu over host memory (the default: a zeroed opts) */
+    ENG_DEVICE_CUDA,    /* kernels/cuda over device memory (builds with MLS_HAVE_CUDA) */
+    ENG_DEVICE_COUNT
+} eng_device;
+
+const char *eng_device_name(eng_device device);                  /* "cpu", "cuda" */
+/* "cpu" or "cuda"; MLS_ERR_INVALID_ARG otherwise. */
+mls_status eng_device_parse(const char *name, eng_device *device_p);
+/*
+ * Can `device` (ordinal `index` for CUDA) run here? MLS_OK; or
+ * MLS_ERR_UNSUPPORTED with *err "built without CUDA" when this build has no
+ * CUDA backend; or MLS_ERR_NO_DEVICE with *err "no CUDA device: <cause>".
+ * Cheap; call it before loading a model to fail fast.
+ */
+mls_status eng_device_check(eng_device device, int index, mls_err *err);
 
 /* ---- model ---------------------------------------------------------------- */
 
@@ -62,9 +83,22 @@ mls_status eng_kv_pool_create(const kvl_layout *layout, int32_t n_layers, uint32
  * directly). The pool never frees it; it must outlive the pool. */
 mls_status eng_kv_pool_create_external(const kvl_layout *layout, int32_t n_layers, uint32_t n_pages,
                                        uint8_t *const *bases, eng_kv_pool **pool_p);
+/* Where the pages live: opts->device's memory (ENG_DEVICE_CUDA: device
+ * memory, allocated by the CUDA backend), device ordinal opts->index. opts
+ * NULL: host, as eng_kv_pool_create. Errors as eng_device_check's, in *err. */
+typedef struct {
+    eng_device device;
+    int index;
+} eng_kv_pool_opts;
+
+mls_status eng_kv_pool_create_opts(const kvl_layout *layout, int32_t n_layers, uint32_t n_pages,
+                                   const eng_kv_pool_opts *opts, eng_kv_pool **pool_p,
+                                   mls_err *err);
 void eng_kv_pool_destroy(eng_kv_pool *pool); /* accepts NULL */
+eng_device eng_kv_pool_device(const eng_kv_pool *pool);
 const kvl_layout *eng_kv_pool_layout(const eng_kv_pool *pool);
 int32_t eng_kv_pool_layers(const eng_kv_pool *pool);
+/* Layer and page addresses are in the pool's device memory (eng_kv_pool_device). */
 uint8_t *eng_kv_pool_layer_base(const eng_kv_pool *pool, int32_t layer);
 /* Page `page` of `layer` (page_bytes long). */
 uint8_t *eng_kv_pool_page(const eng_kv_pool *pool, int32_t layer, uint32_t page);
@@ -97,9 +131,25 @@ void eng_seq_release(eng_seq *seq, eng_kv_pool *pool);
 
 typedef struct eng_ctx eng_ctx;
 
-/* n_threads <= 0: one per core. */
+typedef struct {
+    int n_threads;          /* CPU compute threads; <= 0: one per core */
+    eng_device device;      /* the backend (ENG_DEVICE_CPU when zeroed) */
+    int device_index;       /* CUDA device ordinal */
+} eng_ctx_opts;
+
+/*
+ * A context computing on opts->device (opts NULL: CPU, all cores). The pool
+ * must live on the same device. Errors in *err (may be NULL): those of
+ * eng_device_check, a pool/model shape mismatch (MLS_ERR_INVALID_ARG), and
+ * for ENG_DEVICE_CUDA on a machine with a device, MLS_ERR_UNSUPPORTED: the
+ * CUDA backend table is filled but the forward pass does not run on it yet.
+ */
+mls_status eng_ctx_create_opts(const eng_model *model, eng_kv_pool *pool,
+                               const eng_ctx_opts *opts, eng_ctx **ctx_p, mls_err *err);
+/* The CPU context: eng_ctx_create_opts with {n_threads}; n_threads <= 0: one per core. */
 mls_status eng_ctx_create(const eng_model *model, eng_kv_pool *pool, int n_threads,
                           eng_ctx **ctx_p);
+eng_device eng_ctx_device(const eng_ctx *ctx);
 void eng_ctx_destroy(eng_ctx *ctx); /* accepts NULL */
 
 /* Called after layer `layer`'s latent rows for positions [pos_begin, pos_end)
