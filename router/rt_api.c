@@ -9,7 +9,7 @@
 
 #include "mls_log.h"
 #include "mls_num.h"
-#include "rt_internal.h"
+#include "rt_api.h"
 
 static void rt_api_error(mls_http_req *req, const mls_oai_error *e)
 {

@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "mls_log.h"
-#include "rt_internal.h"
+#include "rt_api.h"
 
 static void rt_usage(FILE *out)
 {
@@ -184,6 +184,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "mlaserve-router: metrics: %s\n", err.msg);
         goto out;
     }
+    rt_requests_init(&rt);
     if (rt_nodes_listen(&rt, &err) != MLS_OK) {
         fprintf(stderr, "mlaserve-router: node port: %s\n", err.msg);
         goto out;

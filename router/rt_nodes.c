@@ -6,13 +6,15 @@
  *             smallest running batch;
  *   prefill   longest remembered prefix (64-token block hashes) among the
  *             least-loaded, then the shortest queue.
+ * What nodes say about requests goes up to the request layer through the
+ * rt_node_events it registered; this file knows nothing of requests.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "mls_log.h"
 #include "mls_num.h"
-#include "rt_internal.h"
+#include "rt_nodes.h"
 
 static void rt_node_on_msg(mls_conn *conn, Mlaserve__Envelope *env, void *user);
 static void rt_node_on_close(mls_conn *conn, mls_status st, void *user);
@@ -60,7 +62,7 @@ static void rt_node_kill(rt_router *rt, rt_node *node, const char *why)
                  : node->role == MLASERVE__ROLE__ROLE_DECODE ? "decode"
                                                              : "colocated",
                  why);
-        rt_on_node_dead(rt, node);
+        rt->node_events->on_node_dead(rt, node);
     }
 }
 
@@ -154,7 +156,7 @@ static void rt_on_register(rt_router *rt, rt_node *node, const Mlaserve__Registe
     mls_info("router: node %s registered (role %d, %u pages, %s)", node->node_id, node->role,
              node->pages_total, mls_conn_peer(node->conn));
     rt_nodes_update_gauges(rt);
-    rt_requests_kick(rt);
+    rt->node_events->on_capacity(rt);
 }
 
 static void rt_on_load_report(rt_router *rt, rt_node *node, const Mlaserve__LoadReport *m)
@@ -164,7 +166,7 @@ static void rt_on_load_report(rt_router *rt, rt_node *node, const Mlaserve__Load
     node->queue_depth = m->queue_depth;
     node->pages_free = m->kv_pages_free;
     rt_nodes_update_gauges(rt);
-    rt_requests_kick(rt);
+    rt->node_events->on_capacity(rt);
 }
 
 static void rt_node_on_msg(mls_conn *conn, Mlaserve__Envelope *env, void *user)
@@ -191,19 +193,11 @@ static void rt_node_on_msg(mls_conn *conn, Mlaserve__Envelope *env, void *user)
         node->last_seen_ns = mls_now_ns();
         break;
     case MLASERVE__ENVELOPE__MSG_RESERVED:
-        rt_on_reserved(rt, node, env->reserved);
-        break;
     case MLASERVE__ENVELOPE__MSG_FIRST_TOKEN:
-        rt_on_first_token(rt, node, env->first_token);
-        break;
     case MLASERVE__ENVELOPE__MSG_TOKEN_CHUNK:
-        rt_on_token_chunk(rt, node, env->token_chunk);
-        break;
     case MLASERVE__ENVELOPE__MSG_FINISH:
-        rt_on_finish(rt, node, env->finish);
-        break;
     case MLASERVE__ENVELOPE__MSG_ERROR:
-        rt_on_node_error(rt, node, env->error);
+        rt->node_events->on_request_msg(rt, node, env);
         break;
     case MLASERVE__ENVELOPE__MSG_DRAIN:
         mls_info("router: node %s is draining", node->node_id);
@@ -256,6 +250,11 @@ static void rt_on_node_connection(uv_stream_t *server, int status)
     }
     node->next = rt->nodes;
     rt->nodes = node;
+}
+
+void rt_nodes_set_events(rt_router *rt, const rt_node_events *events)
+{
+    rt->node_events = events;
 }
 
 mls_status rt_nodes_listen(rt_router *rt, mls_err *err)
@@ -342,15 +341,15 @@ rt_node *rt_pick_colocated(rt_router *rt, uint32_t n_pages, const rt_node *avoid
 }
 
 /* 64-token block hashes of the prompt, chained so a block's hash names its prefix. */
-static uint32_t rt_prefix_hits(const rt_node *node, const rt_request *r)
+static uint32_t rt_prefix_hits(const rt_node *node, const int32_t *prompt, int32_t n_prompt)
 {
     uint64_t h = 1469598103934665603ull;
     uint32_t hits = 0;
 
-    for (int32_t b = 0; (b + 1) * (int32_t)KVL_PAGE_TOKENS <= r->n_prompt; b++) {
+    for (int32_t b = 0; (b + 1) * (int32_t)KVL_PAGE_TOKENS <= n_prompt; b++) {
         bool found = false;
         for (int32_t i = 0; i < (int32_t)KVL_PAGE_TOKENS; i++) {
-            h = (h ^ (uint32_t)r->prompt[b * KVL_PAGE_TOKENS + i]) * 1099511628211ull;
+            h = (h ^ (uint32_t)prompt[b * KVL_PAGE_TOKENS + i]) * 1099511628211ull;
         }
         for (uint32_t k = 0; k < RT_AFFINITY_BLOCKS && !found; k++) {
             found = node->affinity[k] == h;
@@ -363,19 +362,20 @@ static uint32_t rt_prefix_hits(const rt_node *node, const rt_request *r)
     return hits;
 }
 
-static void rt_prefix_remember(rt_node *node, const rt_request *r)
+static void rt_prefix_remember(rt_node *node, const int32_t *prompt, int32_t n_prompt)
 {
     uint64_t h = 1469598103934665603ull;
 
-    for (int32_t b = 0; (b + 1) * (int32_t)KVL_PAGE_TOKENS <= r->n_prompt; b++) {
+    for (int32_t b = 0; (b + 1) * (int32_t)KVL_PAGE_TOKENS <= n_prompt; b++) {
         for (int32_t i = 0; i < (int32_t)KVL_PAGE_TOKENS; i++) {
-            h = (h ^ (uint32_t)r->prompt[b * KVL_PAGE_TOKENS + i]) * 1099511628211ull;
+            h = (h ^ (uint32_t)prompt[b * KVL_PAGE_TOKENS + i]) * 1099511628211ull;
         }
         node->affinity[node->affinity_next++ % RT_AFFINITY_BLOCKS] = h;
     }
 }
 
-rt_node *rt_pick_prefill(rt_router *rt, const rt_request *r, const rt_node *avoid)
+rt_node *rt_pick_prefill(rt_router *rt, const int32_t *prompt, int32_t n_prompt,
+                         const rt_node *avoid)
 {
     rt_node *best = NULL;
     uint32_t best_load = 0, best_hits = 0;
@@ -386,7 +386,7 @@ rt_node *rt_pick_prefill(rt_router *rt, const rt_request *r, const rt_node *avoi
             continue;
         }
         load = n->queue_depth > n->assigned ? n->queue_depth : n->assigned;
-        hits = rt_prefix_hits(n, r);
+        hits = rt_prefix_hits(n, prompt, n_prompt);
         /* affinity wins only among nodes within one queued request of the least loaded */
         if (best == NULL || load + 1 < best_load ||
             (load <= best_load + 1 && hits > best_hits) ||
@@ -397,10 +397,10 @@ rt_node *rt_pick_prefill(rt_router *rt, const rt_request *r, const rt_node *avoi
         }
     }
     if (best == NULL && avoid != NULL) {
-        return rt_pick_prefill(rt, r, NULL);
+        return rt_pick_prefill(rt, prompt, n_prompt, NULL);
     }
     if (best != NULL) {
-        rt_prefix_remember(best, r);
+        rt_prefix_remember(best, prompt, n_prompt);
     }
     return best;
 }

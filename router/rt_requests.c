@@ -1,7 +1,8 @@
 /*
  * rt_requests.c - one request's life in the router: reserve -> prefill ->
  * first token -> decode -> finish, retries on node failure, and the text the
- * client sees (incremental detokenization, stop strings, SSE chunks).
+ * client sees (incremental detokenization, stop strings, SSE chunks). Hears
+ * from the nodes through the rt_node_events it registers with the registry.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -9,7 +10,7 @@
 
 #include "mls_log.h"
 #include "mls_num.h"
-#include "rt_internal.h"
+#include "rt_requests.h"
 
 rt_request *rt_request_find(rt_router *rt, uint64_t rid)
 {
@@ -515,7 +516,7 @@ static void rt_cancel_stale(rt_node *node, uint64_t rid)
     rt_node_send(node, &env);
 }
 
-void rt_on_reserved(rt_router *rt, rt_node *node, const Mlaserve__Reserved *m)
+static void rt_on_reserved(rt_router *rt, rt_node *node, const Mlaserve__Reserved *m)
 {
     rt_request *r = rt_request_find(rt, m->request_id);
     rt_node *p;
@@ -547,7 +548,7 @@ void rt_on_reserved(rt_router *rt, rt_node *node, const Mlaserve__Reserved *m)
     r->n_pages = (uint32_t)m->n_page_ids;
     memcpy(r->decode_addr, m->decode_address.data, m->decode_address.len);
     r->decode_addr[m->decode_address.len] = '\0';
-    p = rt_pick_prefill(rt, r, NULL);
+    p = rt_pick_prefill(rt, r->prompt, r->n_prompt, NULL);
     if (p == NULL) {
         rt_request_retry(r, MLS_ERR_BUSY, "no prefill node available");
         return;
@@ -626,7 +627,7 @@ static bool rq_take_token(rt_request *r, int32_t id, float logprob, const Mlaser
     return true;
 }
 
-void rt_on_first_token(rt_router *rt, rt_node *node, const Mlaserve__FirstToken *m)
+static void rt_on_first_token(rt_router *rt, rt_node *node, const Mlaserve__FirstToken *m)
 {
     rt_request *r = rt_request_find(rt, m->request_id);
     Mlaserve__Envelope env = MLASERVE__ENVELOPE__INIT;
@@ -667,7 +668,7 @@ void rt_on_first_token(rt_router *rt, rt_node *node, const Mlaserve__FirstToken 
     rt_node_send(r->d, &env);
 }
 
-void rt_on_token_chunk(rt_router *rt, rt_node *node, const Mlaserve__TokenChunk *m)
+static void rt_on_token_chunk(rt_router *rt, rt_node *node, const Mlaserve__TokenChunk *m)
 {
     rt_request *r = rt_request_find(rt, m->request_id);
 
@@ -690,7 +691,7 @@ void rt_on_token_chunk(rt_router *rt, rt_node *node, const Mlaserve__TokenChunk 
     }
 }
 
-void rt_on_finish(rt_router *rt, rt_node *node, const Mlaserve__Finish *m)
+static void rt_on_finish(rt_router *rt, rt_node *node, const Mlaserve__Finish *m)
 {
     rt_request *r = rt_request_find(rt, m->request_id);
 
@@ -710,7 +711,7 @@ void rt_on_finish(rt_router *rt, rt_node *node, const Mlaserve__Finish *m)
     }
 }
 
-void rt_on_node_error(rt_router *rt, rt_node *node, const Mlaserve__Error *m)
+static void rt_on_node_error(rt_router *rt, rt_node *node, const Mlaserve__Error *m)
 {
     rt_request *r;
     mls_status st = mls_proto_status_from_wire(m->status);
@@ -734,7 +735,7 @@ void rt_on_node_error(rt_router *rt, rt_node *node, const Mlaserve__Error *m)
     rt_request_retry(r, st, m->message ? m->message : mls_status_message(st));
 }
 
-void rt_on_node_dead(rt_router *rt, rt_node *node)
+static void rt_on_node_dead(rt_router *rt, rt_node *node)
 {
     for (rt_request *r = rt->requests, *next; r != NULL; r = next) {
         bool hit;
@@ -744,6 +745,41 @@ void rt_on_node_dead(rt_router *rt, rt_node *node)
             rt_request_retry(r, MLS_ERR_PEER_DEAD, "node died");
         }
     }
+}
+
+static void rt_on_request_msg(rt_router *rt, rt_node *node, const Mlaserve__Envelope *env)
+{
+    switch (env->msg_case) {
+    case MLASERVE__ENVELOPE__MSG_RESERVED:
+        rt_on_reserved(rt, node, env->reserved);
+        break;
+    case MLASERVE__ENVELOPE__MSG_FIRST_TOKEN:
+        rt_on_first_token(rt, node, env->first_token);
+        break;
+    case MLASERVE__ENVELOPE__MSG_TOKEN_CHUNK:
+        rt_on_token_chunk(rt, node, env->token_chunk);
+        break;
+    case MLASERVE__ENVELOPE__MSG_FINISH:
+        rt_on_finish(rt, node, env->finish);
+        break;
+    case MLASERVE__ENVELOPE__MSG_ERROR:
+        rt_on_node_error(rt, node, env->error);
+        break;
+    default:
+        mls_debug("router: node %s: message %d is not about a request", node->node_id,
+                  (int)env->msg_case);
+        break;
+    }
+}
+
+void rt_requests_init(rt_router *rt)
+{
+    static const rt_node_events events = {
+        .on_request_msg = rt_on_request_msg,
+        .on_node_dead = rt_on_node_dead,
+        .on_capacity = rt_requests_kick,
+    };
+    rt_nodes_set_events(rt, &events);
 }
 
 void rt_requests_tick(rt_router *rt)
