@@ -3,7 +3,10 @@
  * in the libuv loop (worker event fd in a uv_poll with the arm/drain loop, a
  * uv_timer tick for leases, a uv_async for work handed over by compute
  * threads), the op queue, in-flight operation records and peer lifetime.
+ * The sender and the receiver plug in through kvx_ctx_register_side and
+ * kvx_ctx_register_handler; this file calls them only through that table.
  */
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,22 +113,30 @@ void kvx_sop_free(kvx_sop *sop)
     mls_free(MLS_ALLOC_TAG_TRANSPORT, sop, sizeof(*sop));
 }
 
-void kvx_sop_complete(kvx_sop *sop, ucs_status_t status)
+/* The side an operation record belongs to; KVX_SIDE_COUNT: none (a control
+ * message with no request or reservation behind it). */
+static kvx_side kvx_sop_side(kvx_sop_kind kind)
 {
-    switch (sop->kind) {
+    switch (kind) {
     case KVX_SOP_DATA:
     case KVX_SOP_FLUSH:
     case KVX_SOP_REQ_CTRL:
-        kvx_send_sop_done(sop, status);
-        break;
+        return KVX_SIDE_SEND;
     case KVX_SOP_RECV:
-        kvx_recv_recv_done(sop, status);
-        break;
+        return KVX_SIDE_RECV;
     case KVX_SOP_CTRL:
-        if (status != UCS_OK) {
-            mls_debug("kvx: control message failed: %s", ucs_status_string(status));
-        }
         break;
+    }
+    return KVX_SIDE_COUNT;
+}
+
+void kvx_sop_complete(kvx_sop *sop, ucs_status_t status)
+{
+    kvx_side side = kvx_sop_side(sop->kind);
+    if (side != KVX_SIDE_COUNT) {
+        sop->ctx->side[side]->sop_done(sop, status);
+    } else if (status != UCS_OK) {
+        mls_debug("kvx: control message failed: %s", ucs_status_string(status));
     }
     kvx_sop_free(sop);
 }
@@ -167,6 +178,11 @@ mls_status kvx_am_send(kvx_peer *peer, kvx_sop *sop, unsigned am_id, size_t hdr_
 
 /* ---- peers --------------------------------------------------------------- */
 
+static kvx_side kvx_peer_side(const kvx_peer *peer)
+{
+    return peer->is_client ? KVX_SIDE_SEND : KVX_SIDE_RECV;
+}
+
 void kvx_peer_unref(kvx_peer *peer)
 {
     if (peer->refs > 0) {
@@ -184,11 +200,7 @@ void kvx_peer_fail(kvx_peer *peer, mls_status st, const char *why)
     peer->state = KVX_PEER_FAILED;
     peer->fail_status = st;
     snprintf(peer->fail_why, sizeof(peer->fail_why), "%s", why);
-    if (peer->is_client) {
-        kvx_send_peer_failed(peer);
-    } else {
-        kvx_recv_peer_failed(peer);
-    }
+    peer->ctx->side[kvx_peer_side(peer)]->peer_failed(peer);
     kvx_peer_unref(peer); /* the cache's reference */
     kvx_drain_soon(peer->ctx);
 }
@@ -210,13 +222,7 @@ void kvx_ep_err_cb(void *arg, ucp_ep_h ep, ucs_status_t status)
     snprintf(why, sizeof(why), "endpoint %s %s failed: %s", peer->is_client ? "to" : "from",
              peer->addr, ucs_status_string(status));
     /* A peer going away with nothing in flight is a normal disconnect. */
-    bool busy = false;
-    for (kvx_resv *r = peer->ctx->resv_list; r != NULL && !busy; r = r->next) {
-        busy = r->peer == peer && r->state == KVX_RESV_OPEN;
-    }
-    for (kvx_req *q = peer->ctx->reqs; q != NULL && !busy; q = q->lnext) {
-        busy = q->peer == peer && !q->done;
-    }
+    bool busy = peer->ctx->side[kvx_peer_side(peer)]->peer_busy(peer);
     if (busy && !peer->ctx->destroying) {
         mls_warn("kvx: %s", why);
     } else {
@@ -292,7 +298,7 @@ static void kvx_queue_drain(kvx_ctx *ctx)
     while (op != NULL) {
         kvx_op *next = op->next;
         op->next = NULL;
-        kvx_send_process_op(ctx, op); /* takes ownership of op */
+        ctx->side[KVX_SIDE_SEND]->process_op(ctx, op); /* takes ownership of op */
         op = next;
     }
 }
@@ -366,8 +372,11 @@ static void kvx_timer_cb(uv_timer_t *handle)
 {
     kvx_ctx *ctx = handle->data;
     uint64_t now = mls_now_ns();
-    kvx_recv_lease_tick(ctx, now);
-    kvx_send_tick(ctx, now);
+    for (unsigned s = 0; s < KVX_SIDE_COUNT; s++) {
+        if (ctx->side[s] != NULL) {
+            ctx->side[s]->tick(ctx, now);
+        }
+    }
     kvx_drain(ctx);
 }
 
@@ -395,17 +404,29 @@ void kvx_queue_push(kvx_ctx *ctx, kvx_op *op)
     uv_async_send(&ctx->async);
 }
 
+void kvx_ctx_register_side(kvx_ctx *ctx, kvx_side side, const kvx_side_ops *ops)
+{
+    assert(side < KVX_SIDE_COUNT && ctx->side[side] == NULL);
+    assert(ops->sop_done && ops->peer_failed && ops->peer_busy && ops->tick && ops->destroy);
+    ctx->side[side] = ops;
+}
+
+void kvx_ctx_register_handler(kvx_ctx *ctx, kvx_am_id id, kvx_am_handler_fn fn)
+{
+    assert(id >= KVX_AM_HELLO && id < KVX_AM_ID_END && ctx->am_handler[id - KVX_AM_HELLO] == NULL);
+    ctx->am_handler[id - KVX_AM_HELLO] = fn;
+}
+
 static ucs_status_t kvx_am_cb(void *arg, const void *header, size_t header_length, void *data,
                               size_t length, const ucp_am_recv_param_t *param)
 {
     struct kvx_am_arg *a = arg;
-    switch ((kvx_am_id)a->id) {
-    case KVX_AM_HELLO_REPLY:
-    case KVX_AM_RESULT:
-        return kvx_send_am(a->ctx, a->id, header, header_length, data, length, param);
-    default:
-        return kvx_recv_am(a->ctx, a->id, header, header_length, data, length, param);
+    kvx_am_handler_fn fn = a->ctx->am_handler[a->id - KVX_AM_HELLO];
+    if (fn == NULL) {
+        mls_error("kvx: message %u has no handler; dropped", a->id);
+        return UCS_OK;
     }
+    return fn(a->ctx, a->id, header, header_length, data, length, param);
 }
 
 static mls_status kvx_handlers_register(kvx_ctx *ctx, mls_err *err)
@@ -471,7 +492,7 @@ static void kvx_ctx_free(kvx_ctx *ctx)
     mls_free(MLS_ALLOC_TAG_TRANSPORT, ctx, sizeof(*ctx));
 }
 
-mls_status kvx_ctx_create(const kvx_config *cfg, kvx_ctx **ctx_p, mls_err *err)
+mls_status kvx_ctx_open(const kvx_config *cfg, kvx_ctx **ctx_p, mls_err *err)
 {
     mls_status st = kvx_config_check(cfg, err);
     if (st != MLS_OK) {
@@ -582,6 +603,15 @@ err_free_ctx:
     return st;
 }
 
+static void kvx_sides_destroy(kvx_ctx *ctx, bool force)
+{
+    for (unsigned s = 0; s < KVX_SIDE_COUNT; s++) {
+        if (ctx->side[s] != NULL) {
+            ctx->side[s]->destroy(ctx, force);
+        }
+    }
+}
+
 void kvx_ctx_destroy(kvx_ctx *ctx)
 {
     if (ctx == NULL) {
@@ -589,8 +619,7 @@ void kvx_ctx_destroy(kvx_ctx *ctx)
     }
     kvx_drain(ctx);
     ctx->destroying = true;
-    kvx_send_destroy(ctx, false); /* fail open requests, drop queued ops */
-    kvx_recv_destroy(ctx, false); /* fail open reservations */
+    kvx_sides_destroy(ctx, false); /* fail open requests and reservations, drop queued ops */
     if (ctx->listener != NULL) {
         ucp_listener_destroy(ctx->listener);
         ctx->listener = NULL;
@@ -610,8 +639,7 @@ void kvx_ctx_destroy(kvx_ctx *ctx)
             break;
         }
     }
-    kvx_send_destroy(ctx, true); /* what close did not complete */
-    kvx_recv_destroy(ctx, true);
+    kvx_sides_destroy(ctx, true); /* what close did not complete */
     while (ctx->peers != NULL) {
         kvx_peer *p = ctx->peers;
         ctx->peers = p->next;

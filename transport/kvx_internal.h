@@ -1,8 +1,18 @@
 /*
  * kvx_internal.h - internals of the KV transfer: wire messages (the contract
  * between a prefill and a decode node, versioned by KVX_PROTO_VERSION), the
- * context, peers, reservations, requests and the transfer-path ops table.
+ * context, peers, reservations, requests, the table through which the two
+ * sides plug into the context, and the context's functions (kvx_ctx.c).
  * Only the transport sources include this.
+ *
+ * The files layer like this, each using only the ones below it
+ * (tools/check_includes.py checks it):
+ *   kvx.c                  kvx_ctx_create: a context with both sides attached
+ *   kvx_send.c, kvx_recv.c the prefill and the decode side (kvx_send.h, kvx_recv.h)
+ *   kvx_path.c             the transfer paths the sender issues rows on (kvx_path.h)
+ *   kvx_ctx.c, kvx_pool.c  the context, its loop, peers and operation records
+ * A side registers its handlers with the context (kvx_ctx_register_side,
+ * kvx_ctx_register_handler); the context never names a side's functions.
  */
 #ifndef MLS_KVX_INTERNAL_H
 #define MLS_KVX_INTERNAL_H
@@ -289,20 +299,35 @@ struct kvx_req {
     size_t scratch_len;
 };
 
-/* A transfer path: how rows reach the destination pages. */
+/* ---- the sides as the context sees them ---------------------------------- */
+
+/* The sender (kvx_send.c) and the receiver (kvx_recv.c). A peer belongs to
+ * the sender when peer->is_client; an operation record by its kind. */
+typedef enum { KVX_SIDE_SEND, KVX_SIDE_RECV, KVX_SIDE_COUNT } kvx_side;
+
+/* What the context asks of a side. A side fills one of these and registers it
+ * with kvx_ctx_register_side from its attach function; NULL entries are
+ * skipped. */
 typedef struct {
     const char *name;
-    /* Issue one coalesced run: src (n_tokens, row_bytes) to tokens
-     * [tok_begin, +n_tokens) of `layer`, contiguous at byte offset dst_off of
-     * the layer's remote pool. */
-    mls_status (*send_run)(kvx_req *req, uint32_t layer, uint32_t tok_begin, uint32_t n_tokens,
-                           const uint8_t *src, uint64_t dst_off);
-    /* The layer's last run was issued. */
-    mls_status (*layer_issued)(kvx_req *req, uint32_t layer);
-} kvx_path_ops;
+    /* Work a compute thread queued (kvx_queue_push); takes ownership of op. */
+    void (*process_op)(kvx_ctx *ctx, kvx_op *op);
+    /* One of the side's UCX operations completed; the context frees sop after. */
+    void (*sop_done)(kvx_sop *sop, ucs_status_t status);
+    /* One of the side's peers failed: fail what is bound to it. */
+    void (*peer_failed)(kvx_peer *peer);
+    /* Whether the side has work in flight on peer (a failure is then news). */
+    bool (*peer_busy)(const kvx_peer *peer);
+    /* The timer tick: leases, deadlines. */
+    void (*tick)(kvx_ctx *ctx, uint64_t now_ns);
+    /* Shutdown: once before the endpoints close, once with force after. */
+    void (*destroy)(kvx_ctx *ctx, bool force);
+} kvx_side_ops;
 
-extern const kvx_path_ops kvx_path_rma_ops;
-extern const kvx_path_ops kvx_path_am_ops;
+/* An active-message handler (UCX's receive callback with the context). */
+typedef ucs_status_t (*kvx_am_handler_fn)(kvx_ctx *ctx, unsigned id, const void *header,
+                                          size_t header_length, void *data, size_t length,
+                                          const ucp_am_recv_param_t *param);
 
 struct kvx_ctx {
     kvx_config cfg;
@@ -320,6 +345,8 @@ struct kvx_ctx {
         kvx_ctx *ctx;
         unsigned id;
     } am_arg[KVX_AM_ID_COUNT];
+    kvx_am_handler_fn am_handler[KVX_AM_ID_COUNT]; /* by id - KVX_AM_HELLO; set by the sides */
+    const kvx_side_ops *side[KVX_SIDE_COUNT];      /* set by the sides */
     bool in_drain;
     bool poll_paused; /* worker kept busy: progressed from the tick only */
     bool destroying;
@@ -357,6 +384,12 @@ struct kvx_ctx {
 };
 
 /* kvx_ctx.c */
+/* The context without its sides (kvx_ctx_create in kvx.c attaches them). */
+mls_status kvx_ctx_open(const kvx_config *cfg, kvx_ctx **ctx_p, mls_err *err);
+/* A side plugs in; ops stays alive while the context does. */
+void kvx_ctx_register_side(kvx_ctx *ctx, kvx_side side, const kvx_side_ops *ops);
+/* Messages with this id go to fn (one handler per id). */
+void kvx_ctx_register_handler(kvx_ctx *ctx, kvx_am_id id, kvx_am_handler_fn fn);
 void kvx_queue_push(kvx_ctx *ctx, kvx_op *op);
 /* Detaches and returns the whole queue (oldest first, linked by next). */
 kvx_op *kvx_queue_take(kvx_ctx *ctx);
@@ -377,32 +410,5 @@ void kvx_layout_mismatch_why(const kvl_layout *ours, const kvl_layout *theirs, c
                              char *buf, size_t len);
 void kvx_layout_from_wire(const kvx_wire_layout *w, kvl_layout *l);
 mls_status kvx_status_from_ucs(ucs_status_t st);
-
-/* kvx_recv.c */
-void kvx_recv_register_handlers(kvx_ctx *ctx);
-ucs_status_t kvx_recv_am(kvx_ctx *ctx, unsigned id, const void *header, size_t header_length,
-                         void *data, size_t length, const ucp_am_recv_param_t *param);
-void kvx_recv_peer_failed(kvx_peer *peer);
-void kvx_recv_lease_tick(kvx_ctx *ctx, uint64_t now_ns);
-void kvx_recv_recv_done(kvx_sop *sop, ucs_status_t status);
-void kvx_recv_destroy(kvx_ctx *ctx, bool force);
-void kvx_listener_conn_cb(ucp_conn_request_h conn_request, void *arg);
-
-/* kvx_send.c */
-void kvx_send_process_op(kvx_ctx *ctx, kvx_op *op);
-ucs_status_t kvx_send_am(kvx_ctx *ctx, unsigned id, const void *header, size_t header_length,
-                         void *data, size_t length, const ucp_am_recv_param_t *param);
-void kvx_send_peer_failed(kvx_peer *peer);
-void kvx_send_sop_done(kvx_sop *sop, ucs_status_t status);
-void kvx_send_destroy(kvx_ctx *ctx, bool force);
-void kvx_send_tick(kvx_ctx *ctx, uint64_t now_ns);
-void kvx_req_unref(kvx_req *req);
-void kvx_req_fail(kvx_req *req, mls_status st, const char *why);
-void kvx_req_try_progress(kvx_req *req);
-
-/* kvx_path.c */
-mls_status kvx_req_issue_rows(kvx_req *req, uint32_t layer, uint32_t tok_begin, uint32_t n_tokens,
-                              const uint8_t *rows);
-kvx_path kvx_path_probe(kvx_peer *peer);
 
 #endif

@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kvx_internal.h"
+#include "kvx_path.h"
 #include "mls_alloc.h"
 #include "mls_log.h"
 
@@ -46,7 +46,6 @@ static mls_status kvx_rma_send_run(kvx_req *req, uint32_t layer, uint32_t tok_be
     size_t len = (size_t)n_tokens * req->ctx->cfg.layout.row_bytes;
     kvx_sop *sop = kvx_sop_new(req->ctx, KVX_SOP_DATA);
     if (sop == NULL) {
-        kvx_req_fail(req, MLS_ERR_NO_MEMORY, "out of memory issuing a put");
         return MLS_ERR_NO_MEMORY;
     }
     sop->req = req;
@@ -69,7 +68,6 @@ static mls_status kvx_rma_layer_issued(kvx_req *req, uint32_t layer)
 {
     kvx_sop *sop = kvx_sop_new(req->ctx, KVX_SOP_FLUSH);
     if (sop == NULL) {
-        kvx_req_fail(req, MLS_ERR_NO_MEMORY, "out of memory issuing a flush");
         return MLS_ERR_NO_MEMORY;
     }
     sop->req = req;
@@ -90,7 +88,6 @@ static mls_status kvx_am_send_run(kvx_req *req, uint32_t layer, uint32_t tok_beg
     size_t len = (size_t)n_tokens * req->ctx->cfg.layout.row_bytes;
     kvx_sop *sop = kvx_sop_new(req->ctx, KVX_SOP_DATA);
     if (sop == NULL) {
-        kvx_req_fail(req, MLS_ERR_NO_MEMORY, "out of memory issuing a run");
         return MLS_ERR_NO_MEMORY;
     }
     sop->req = req;

@@ -10,14 +10,14 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "kvx_internal.h"
+#include "kvx_recv.h"
 #include "mls_alloc.h"
 #include "mls_log.h"
 #include "mls_num.h"
 
 /* ---- listener ------------------------------------------------------------ */
 
-void kvx_listener_conn_cb(ucp_conn_request_h conn_request, void *arg)
+static void kvx_listener_conn_cb(ucp_conn_request_h conn_request, void *arg)
 {
     kvx_ctx *ctx = arg;
     kvx_peer *peer = mls_alloc(MLS_ALLOC_TAG_TRANSPORT, sizeof(*peer));
@@ -353,7 +353,7 @@ static void kvx_resv_bytes_landed(kvx_ctx *ctx, kvx_resv *r, uint32_t layer, uin
     }
 }
 
-void kvx_recv_recv_done(kvx_sop *sop, ucs_status_t status)
+static void kvx_recv_recv_done(kvx_sop *sop, ucs_status_t status)
 {
     kvx_ctx *ctx = sop->ctx;
     kvx_resv *r = sop->resv;
@@ -376,7 +376,7 @@ static void kvx_recv_data_cb(void *request, ucs_status_t status, size_t length, 
     ucp_request_free(request);
 }
 
-void kvx_recv_lease_tick(kvx_ctx *ctx, uint64_t now_ns)
+static void kvx_recv_lease_tick(kvx_ctx *ctx, uint64_t now_ns)
 {
     kvx_resv *r = ctx->resv_list;
     while (r != NULL) {
@@ -394,7 +394,7 @@ void kvx_recv_lease_tick(kvx_ctx *ctx, uint64_t now_ns)
     }
 }
 
-void kvx_recv_peer_failed(kvx_peer *peer)
+static void kvx_recv_peer_failed(kvx_peer *peer)
 {
     kvx_ctx *ctx = peer->ctx;
     kvx_resv *r = ctx->resv_list;
@@ -407,7 +407,7 @@ void kvx_recv_peer_failed(kvx_peer *peer)
     }
 }
 
-void kvx_recv_destroy(kvx_ctx *ctx, bool force)
+static void kvx_recv_destroy(kvx_ctx *ctx, bool force)
 {
     kvx_resv *r = ctx->resv_list;
     while (r != NULL) {
@@ -589,8 +589,8 @@ static ucs_status_t kvx_recv_data(kvx_ctx *ctx, kvx_peer *peer, const kvx_msg_ro
     return UCS_OK;
 }
 
-ucs_status_t kvx_recv_am(kvx_ctx *ctx, unsigned id, const void *header, size_t header_length,
-                         void *data, size_t length, const ucp_am_recv_param_t *param)
+static ucs_status_t kvx_recv_am(kvx_ctx *ctx, unsigned id, const void *header, size_t header_length,
+                                void *data, size_t length, const ucp_am_recv_param_t *param)
 {
     if (!(param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP)) {
         mls_error("kvx: message %u without a reply endpoint; dropped", id);
@@ -668,5 +668,33 @@ ucs_status_t kvx_recv_am(kvx_ctx *ctx, unsigned id, const void *header, size_t h
     default:
         mls_error("kvx: unexpected message %u from %s", id, peer->addr);
         return UCS_OK;
+    }
+}
+
+static bool kvx_recv_peer_busy(const kvx_peer *peer)
+{
+    for (kvx_resv *r = peer->ctx->resv_list; r != NULL; r = r->next) {
+        if (r->peer == peer && r->state == KVX_RESV_OPEN) {
+            return true;
+        }
+    }
+    return false;
+}
+
+void kvx_recv_attach(kvx_ctx *ctx)
+{
+    static const kvx_side_ops ops = {
+        .name = "recv",
+        .sop_done = kvx_recv_recv_done,
+        .peer_failed = kvx_recv_peer_failed,
+        .peer_busy = kvx_recv_peer_busy,
+        .tick = kvx_recv_lease_tick,
+        .destroy = kvx_recv_destroy,
+    };
+    static const kvx_am_id ids[] = {KVX_AM_HELLO, KVX_AM_BEGIN,  KVX_AM_DATA,
+                                    KVX_AM_LAYER, KVX_AM_FINISH, KVX_AM_CANCEL};
+    kvx_ctx_register_side(ctx, KVX_SIDE_RECV, &ops);
+    for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
+        kvx_ctx_register_handler(ctx, ids[i], kvx_recv_am);
     }
 }

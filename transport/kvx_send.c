@@ -10,10 +10,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kvx_internal.h"
+#include "kvx_path.h"
+#include "kvx_send.h"
 #include "mls_alloc.h"
 #include "mls_log.h"
 #include "mls_num.h"
+
+static void kvx_req_try_progress(kvx_req *req);
 
 /* ---- request memory ------------------------------------------------------ */
 
@@ -29,7 +32,7 @@ static void kvx_req_free(kvx_req *req)
     mls_free(MLS_ALLOC_TAG_TRANSPORT, req, sizeof(*req));
 }
 
-void kvx_req_unref(kvx_req *req)
+static void kvx_req_unref(kvx_req *req)
 {
     if (atomic_fetch_sub(&req->refs, 1) == 1) {
         kvx_req_free(req);
@@ -224,7 +227,7 @@ static void kvx_req_call_back(kvx_req *req)
     }
 }
 
-void kvx_req_fail(kvx_req *req, mls_status st, const char *why)
+static void kvx_req_fail(kvx_req *req, mls_status st, const char *why)
 {
     if (req->done) {
         return;
@@ -256,7 +259,7 @@ static void kvx_send_cancel_msg(kvx_req *req)
     }
 }
 
-void kvx_send_tick(kvx_ctx *ctx, uint64_t now_ns)
+static void kvx_send_tick(kvx_ctx *ctx, uint64_t now_ns)
 {
     for (kvx_req *req = ctx->reqs; req != NULL; req = req->lnext) {
         if (!req->done && req->deadline_ns != 0 && now_ns > req->deadline_ns) {
@@ -295,7 +298,7 @@ static bool kvx_req_all_issued(const kvx_req *req)
     return true;
 }
 
-void kvx_req_try_progress(kvx_req *req)
+static void kvx_req_try_progress(kvx_req *req)
 {
     if (!req->done && req->finish_queued && !req->finish_sent && req->outstanding == 0 &&
         kvx_req_all_issued(req)) {
@@ -327,7 +330,7 @@ void kvx_req_try_progress(kvx_req *req)
     }
 }
 
-void kvx_send_sop_done(kvx_sop *sop, ucs_status_t status)
+static void kvx_send_sop_done(kvx_sop *sop, ucs_status_t status)
 {
     kvx_req *req = sop->req;
     req->outstanding--;
@@ -433,7 +436,7 @@ const char *kvx_peer_path(kvx_ctx *ctx, const char *peer)
     return NULL;
 }
 
-void kvx_send_peer_failed(kvx_peer *peer)
+static void kvx_send_peer_failed(kvx_peer *peer)
 {
     kvx_ctx *ctx = peer->ctx;
     kvx_op *op = peer->pend_head;
@@ -492,7 +495,7 @@ static void kvx_req_begin(kvx_ctx *ctx, kvx_req *req)
     kvx_am_send(peer, sop, KVX_AM_BEGIN, sizeof(*m), UCP_AM_SEND_FLAG_EAGER);
 }
 
-void kvx_send_process_op(kvx_ctx *ctx, kvx_op *op)
+static void kvx_send_process_op(kvx_ctx *ctx, kvx_op *op)
 {
     kvx_req *req = op->req;
     if (op->type == KVX_OP_BEGIN && !req->begun) {
@@ -537,7 +540,10 @@ void kvx_send_process_op(kvx_ctx *ctx, kvx_op *op)
         kvx_req_begin(ctx, req);
         break;
     case KVX_OP_ROWS:
-        kvx_req_issue_rows(req, op->layer, op->tok_begin, op->n_tokens, op->rows);
+        if (kvx_req_issue_rows(req, op->layer, op->tok_begin, op->n_tokens, op->rows) ==
+            MLS_ERR_NO_MEMORY) {
+            kvx_req_fail(req, MLS_ERR_NO_MEMORY, "out of memory issuing rows");
+        }
         break;
     case KVX_OP_FINISH:
         req->finish_queued = true;
@@ -571,6 +577,12 @@ static void kvx_send_hello_reply(kvx_ctx *ctx, kvx_peer *peer, const kvx_msg_hel
         kvx_layout_mismatch_why(&ctx->cfg.layout, &theirs, lwhy ? lwhy : "n_layers", lbuf,
                                 sizeof(lbuf));
         snprintf(why, sizeof(why), "decode node %s: %s", peer->addr, lbuf);
+        kvx_peer_fail(peer, MLS_ERR_PEER_MISMATCH, why);
+        return;
+    }
+    if (rep->n_layers != nl) {
+        snprintf(why, sizeof(why), "decode node %s: n_layers differs (decode node %u, here %u)",
+                 peer->addr, rep->n_layers, nl);
         kvx_peer_fail(peer, MLS_ERR_PEER_MISMATCH, why);
         return;
     }
@@ -629,8 +641,8 @@ err_malformed:
     kvx_peer_fail(peer, MLS_ERR_PEER_MISMATCH, why);
 }
 
-ucs_status_t kvx_send_am(kvx_ctx *ctx, unsigned id, const void *header, size_t header_length,
-                         void *data, size_t length, const ucp_am_recv_param_t *param)
+static ucs_status_t kvx_send_am(kvx_ctx *ctx, unsigned id, const void *header, size_t header_length,
+                                void *data, size_t length, const ucp_am_recv_param_t *param)
 {
     if (!(param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) ||
         (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)) {
@@ -668,7 +680,7 @@ ucs_status_t kvx_send_am(kvx_ctx *ctx, unsigned id, const void *header, size_t h
     return UCS_OK;
 }
 
-void kvx_send_destroy(kvx_ctx *ctx, bool force)
+static void kvx_send_destroy(kvx_ctx *ctx, bool force)
 {
     kvx_op *op = kvx_queue_take(ctx);
     while (op != NULL) {
@@ -705,4 +717,30 @@ void kvx_send_destroy(kvx_ctx *ctx, bool force)
             pop = next;
         }
     }
+}
+
+static bool kvx_send_peer_busy(const kvx_peer *peer)
+{
+    for (kvx_req *q = peer->ctx->reqs; q != NULL; q = q->lnext) {
+        if (q->peer == peer && !q->done) {
+            return true;
+        }
+    }
+    return false;
+}
+
+void kvx_send_attach(kvx_ctx *ctx)
+{
+    static const kvx_side_ops ops = {
+        .name = "send",
+        .process_op = kvx_send_process_op,
+        .sop_done = kvx_send_sop_done,
+        .peer_failed = kvx_send_peer_failed,
+        .peer_busy = kvx_send_peer_busy,
+        .tick = kvx_send_tick,
+        .destroy = kvx_send_destroy,
+    };
+    kvx_ctx_register_side(ctx, KVX_SIDE_SEND, &ops);
+    kvx_ctx_register_handler(ctx, KVX_AM_HELLO_REPLY, kvx_send_am);
+    kvx_ctx_register_handler(ctx, KVX_AM_RESULT, kvx_send_am);
 }
