@@ -24,6 +24,10 @@
  *     before the response is complete, the request's close callback runs, so
  *     its owner can cancel the work.
  *
+ * http/ owns the HTTP server and the Prometheus registry (mls_prom.h) that the
+ * router and the nodes serve through; it may include common/ only (and libuv,
+ * llhttp, cJSON): it knows nothing of OpenAI, the engine or the cluster.
+ *
  * Threading: single-threaded. Everything, including every mls_http_req_* call,
  * happens on the server's loop thread.
  *

@@ -24,6 +24,9 @@
  * guarded by a mutex; every function taking a const tok_tokenizer * may be called
  * from several threads at once. A tok_detok belongs to one thread at a time.
  *
+ * tokenizer/ owns text <-> token ids and chat rendering; it may include common/
+ * only (and PCRE2, cJSON): it knows nothing of the engine, the nodes or HTTP.
+ *
  * Memory: the tokenizer's tables are counted under MLS_ALLOC_TAG_TOKENIZER.
  * Buffers handed to the caller (tok_ids.ids, decoded or rendered text) come from
  * malloc and are the caller's to free as each function says.

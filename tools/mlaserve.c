@@ -1,5 +1,11 @@
 /*
  * mlaserve.c - the `mlaserve` command line: one binary, several subcommands.
+ *
+ * tools/ is where the components are put together into programs: the
+ * `mlaserve` CLI (generate, genmodel, tokenize, cluster, bench) and the node
+ * daemons' entry points (main_prefill.c, main_decode.c compose node/ with the
+ * prefill and decode roles). It may include any component; no component
+ * includes tools/ (bench/ is compiled into the CLI and may too).
  */
 #include <stdio.h>
 #include <string.h>

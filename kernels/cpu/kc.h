@@ -8,6 +8,9 @@
  * with the f32 reference to ~1e-6 relative (the bf16 dot-product path splits
  * activations into hi+lo bf16 halves so it keeps f32 accuracy).
  *
+ * kernels/cpu/ owns the CPU math; it may include common/ only: it knows
+ * nothing of models, requests or the engine's structures.
+ *
  * Threading: kernels take a kc_pool (NULL = run on the calling thread) and
  * split work over it; they are safe to call from one thread at a time per pool.
  */
