@@ -40,6 +40,11 @@ void mls_free(mls_alloc_tag tag, void *ptr, size_t size)
     free(ptr);
 }
 
+void mls_alloc_count(mls_alloc_tag tag, int64_t delta)
+{
+    atomic_fetch_add(&mls_alloc_counters[tag], delta);
+}
+
 int64_t mls_alloc_bytes(mls_alloc_tag tag)
 {
     return atomic_load(&mls_alloc_counters[tag]);

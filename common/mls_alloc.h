@@ -34,6 +34,10 @@ void *mls_alloc(mls_alloc_tag tag, size_t size);
 /* Accepts NULL. size must be what was asked of mls_alloc. */
 void mls_free(mls_alloc_tag tag, void *ptr, size_t size);
 
+/* Counts delta bytes (negative: given back) under a tag for memory managed
+ * elsewhere, e.g. mls_buf's realloc'd buffers. */
+void mls_alloc_count(mls_alloc_tag tag, int64_t delta);
+
 /* Bytes currently held under a tag, and the tag's name ("KV_POOL"). */
 int64_t mls_alloc_bytes(mls_alloc_tag tag);
 const char *mls_alloc_tag_name(mls_alloc_tag tag);

@@ -29,17 +29,13 @@
 #include <strings.h>
 
 #include "mls_alloc.h"
+#include "mls_buf.h"
 #include "mls_log.h"
 #include "mls_num.h"
 
 #define MLS_HTTP_LINGER_MS        2000u
 #define MLS_HTTP_READ_AHEAD_BYTES (64u * 1024u)  /* pipelined bytes held while handling */
 #define MLS_HTTP_READ_BUF_BYTES   (64u * 1024u)
-
-typedef struct {
-    char *p;
-    size_t len, cap;
-} mls_http_buf;
 
 typedef enum {
     MLS_HTTP_CONN_IDLE,
@@ -62,22 +58,22 @@ typedef struct {
 struct mls_http_req {
     mls_http_conn *conn;    /* NULL once the client is gone */
     char method[24];
-    mls_http_buf url;       /* raw target, then "path\0query\0" */
+    mls_buf url;       /* raw target, then "path\0query\0" */
     const char *path, *query;
-    mls_http_buf hdrs;      /* "name\0value\0" ... */
+    mls_buf hdrs;      /* "name\0value\0" ... */
     mls_http_hdr *hdr;      /* (max_headers) */
     uint32_t n_hdr;
     uint32_t field_start;
     int in_field;
     uint64_t head_bytes;
-    mls_http_buf body;
+    mls_buf body;
     int http_major, http_minor;
     bool keep_alive;
     bool head_only;         /* HEAD: no body in the answer */
     bool disconnected;
     bool chunked;           /* streaming with chunked encoding */
     mls_http_resp_state resp;
-    mls_http_buf resp_hdrs; /* extra "Name: value\r\n" lines */
+    mls_buf resp_hdrs; /* extra "Name: value\r\n" lines */
     mls_http_close_fn on_close;
     mls_http_drain_fn on_drain;
     void *owner;
@@ -94,7 +90,7 @@ struct mls_http_conn {
     mls_http_conn_state state;
     mls_http_req *req;      /* being read, or owned by the handler (HANDLING) */
     bool req_ready;         /* parser completed req; dispatch pending */
-    mls_http_buf in;        /* bytes not yet parsed */
+    mls_buf in;        /* bytes not yet parsed */
     size_t write_queued;
     bool above_high_water;
     bool closing;
@@ -136,56 +132,6 @@ static int mls_http_settings_ready;
 static void mls_http_conn_close(mls_http_conn *c);
 static void mls_http_conn_process(mls_http_conn *c);
 static void mls_http_conn_timer_update(mls_http_conn *c);
-
-/* ---- small buffers ---------------------------------------------------------- */
-
-static int mls_http_buf_append(mls_http_buf *b, const void *data, size_t len)
-{
-    if (b->len + len + 1 > b->cap) {
-        size_t ncap = b->cap ? b->cap : 256;
-        char *np;
-        while (ncap < b->len + len + 1) {
-            ncap *= 2;
-        }
-        np = realloc(b->p, ncap);
-        if (np == NULL) {
-            return -1;
-        }
-        b->p = np;
-        b->cap = ncap;
-    }
-    if (len > 0) {
-        memcpy(b->p + b->len, data, len);
-    }
-    b->len += len;
-    b->p[b->len] = '\0';
-    return 0;
-}
-
-static int mls_http_buf_printf(mls_http_buf *b, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static int mls_http_buf_printf(mls_http_buf *b, const char *fmt, ...)
-{
-    char tmp[512];
-    va_list ap;
-    int n;
-
-    va_start(ap, fmt);
-    n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof(tmp)) {
-        return -1;
-    }
-    return mls_http_buf_append(b, tmp, (size_t)n);
-}
-
-static void mls_http_buf_free(mls_http_buf *b)
-{
-    free(b->p);
-    b->p = NULL;
-    b->len = b->cap = 0;
-}
 
 /* ---- config, reasons ------------------------------------------------------- */
 
@@ -250,6 +196,10 @@ static mls_http_req *mls_http_req_new(mls_http_conn *c)
         mls_free(MLS_ALLOC_TAG_NET, req, sizeof(*req));
         return NULL;
     }
+    mls_buf_init(&req->url, MLS_ALLOC_TAG_NET);
+    mls_buf_init(&req->hdrs, MLS_ALLOC_TAG_NET);
+    mls_buf_init(&req->body, MLS_ALLOC_TAG_NET);
+    mls_buf_init(&req->resp_hdrs, MLS_ALLOC_TAG_NET);
     req->conn = c;
     req->start_ns = mls_now_ns();
     snprintf(req->peer, sizeof(req->peer), "%s", c->peer);
@@ -258,10 +208,10 @@ static mls_http_req *mls_http_req_new(mls_http_conn *c)
 
 static void mls_http_req_free(mls_http_req *req)
 {
-    mls_http_buf_free(&req->url);
-    mls_http_buf_free(&req->hdrs);
-    mls_http_buf_free(&req->body);
-    mls_http_buf_free(&req->resp_hdrs);
+    mls_buf_free(&req->url);
+    mls_buf_free(&req->hdrs);
+    mls_buf_free(&req->body);
+    mls_buf_free(&req->resp_hdrs);
     free(req->hdr);
     mls_free(MLS_ALLOC_TAG_NET, req, sizeof(*req));
 }
@@ -286,8 +236,8 @@ const char *mls_http_req_header(const mls_http_req *req, const char *name)
     uint32_t i;
 
     for (i = 0; i < req->n_hdr; i++) {
-        if (strcasecmp(req->hdrs.p + req->hdr[i].name, name) == 0) {
-            return req->hdrs.p + req->hdr[i].value;
+        if (strcasecmp(req->hdrs.data + req->hdr[i].name, name) == 0) {
+            return req->hdrs.data + req->hdr[i].value;
         }
     }
     return NULL;
@@ -296,7 +246,7 @@ const char *mls_http_req_header(const mls_http_req *req, const char *name)
 const char *mls_http_req_body(const mls_http_req *req, size_t *len_p)
 {
     *len_p = req->body.len;
-    return req->body.p != NULL ? req->body.p : "";
+    return req->body.data != NULL ? req->body.data : "";
 }
 
 const char *mls_http_req_peer(const mls_http_req *req)
@@ -464,31 +414,34 @@ static char *mls_http_error_body(const char *type, const char *param, const char
 }
 
 /* Status line and common headers into h. length < 0: no Content-Length. */
-static int mls_http_head_build(mls_http_conn *c, mls_http_req *req, mls_http_buf *h, int status,
-                               const char *content_type, long long length, bool keep_alive)
+static mls_status mls_http_head_build(mls_http_conn *c, mls_http_req *req, mls_buf *h, int status,
+                                      const char *content_type, long long length, bool keep_alive)
 {
-    int rc = mls_http_buf_printf(h, "HTTP/1.1 %d %s\r\n", status, mls_http_status_reason(status));
+    mls_status st =
+        mls_buf_append_fmt(h, "HTTP/1.1 %d %s\r\n", status, mls_http_status_reason(status));
 
-    if (c->srv->server_name[0] != '\0') {
-        rc |= mls_http_buf_printf(h, "Server: %s\r\n", c->srv->server_name);
+    if (st == MLS_OK && c->srv->server_name[0] != '\0') {
+        st = mls_buf_append_fmt(h, "Server: %s\r\n", c->srv->server_name);
     }
-    if (content_type != NULL) {
-        rc |= mls_http_buf_printf(h, "Content-Type: %s\r\n", content_type);
+    if (st == MLS_OK && content_type != NULL) {
+        st = mls_buf_append_fmt(h, "Content-Type: %s\r\n", content_type);
     }
-    if (length >= 0) {
-        rc |= mls_http_buf_printf(h, "Content-Length: %lld\r\n", length);
+    if (st == MLS_OK && length >= 0) {
+        st = mls_buf_append_fmt(h, "Content-Length: %lld\r\n", length);
     }
-    if (req != NULL && req->resp_hdrs.len > 0) {
-        rc |= mls_http_buf_append(h, req->resp_hdrs.p, req->resp_hdrs.len);
+    if (st == MLS_OK && req != NULL && req->resp_hdrs.len > 0) {
+        st = mls_buf_append(h, req->resp_hdrs.data, req->resp_hdrs.len);
     }
-    rc |= mls_http_buf_printf(h, "Connection: %s\r\n\r\n", keep_alive ? "keep-alive" : "close");
-    return rc;
+    if (st == MLS_OK) {
+        st = mls_buf_append_fmt(h, "Connection: %s\r\n\r\n", keep_alive ? "keep-alive" : "close");
+    }
+    return st;
 }
 
 /* Answer a request the server refuses itself (400/408/413/414/431), then linger and close. */
 static void mls_http_conn_reject(mls_http_conn *c, int status, const char *msg)
 {
-    mls_http_buf h = {0};
+    mls_buf h = MLS_BUF_INIT(MLS_ALLOC_TAG_NET);
     char *body;
 
     if (c->closing || c->state == MLS_HTTP_CONN_LINGER) {
@@ -506,16 +459,16 @@ static void mls_http_conn_reject(mls_http_conn *c, int status, const char *msg)
     body = mls_http_error_body(status == 408 ? "timeout_error" : "invalid_request_error", NULL,
                                NULL, msg);
     if (body == NULL || mls_http_head_build(c, NULL, &h, status, "application/json",
-                                            (long long)strlen(body), false) != 0) {
+                                            (long long)strlen(body), false) != MLS_OK) {
         free(body);
-        mls_http_buf_free(&h);
+        mls_buf_free(&h);
         mls_http_conn_close(c);
         return;
     }
     c->close_when_flushed = true;
-    (void)mls_http_conn_write3(c, h.p, h.len, body, strlen(body), NULL, 0);
+    (void)mls_http_conn_write3(c, h.data, h.len, body, strlen(body), NULL, 0);
     free(body);
-    mls_http_buf_free(&h);
+    mls_buf_free(&h);
 }
 
 /* The handler completed c's current request: go on with pipelined input. */
@@ -541,7 +494,7 @@ mls_status mls_http_req_add_header(mls_http_req *req, const char *name, const ch
         strpbrk(value, "\r\n") != NULL || name[0] == '\0') {
         return MLS_ERR_INVALID_ARG;
     }
-    if (mls_http_buf_printf(&req->resp_hdrs, "%s: %s\r\n", name, value) != 0) {
+    if (mls_buf_append_fmt(&req->resp_hdrs, "%s: %s\r\n", name, value) != MLS_OK) {
         return MLS_ERR_NO_MEMORY;
     }
     return MLS_OK;
@@ -570,7 +523,7 @@ mls_status mls_http_req_respond(mls_http_req *req, int status, const char *conte
                                 const void *body, size_t len)
 {
     mls_http_conn *c = req->conn;
-    mls_http_buf h = {0};
+    mls_buf h = MLS_BUF_INIT(MLS_ALLOC_TAG_NET);
     mls_status st;
     bool keep_alive;
 
@@ -581,15 +534,15 @@ mls_status mls_http_req_respond(mls_http_req *req, int status, const char *conte
         return MLS_ERR_INVALID_ARG; /* streaming: use mls_http_req_stream_end */
     }
     keep_alive = req->keep_alive && !c->srv->shutting_down;
-    if (mls_http_head_build(c, req, &h, status, content_type, (long long)len, keep_alive) != 0) {
-        mls_http_buf_free(&h);
+    if (mls_http_head_build(c, req, &h, status, content_type, (long long)len, keep_alive) != MLS_OK) {
+        mls_buf_free(&h);
         mls_http_conn_close(c);
         mls_http_req_release(req);
         return MLS_ERR_NO_MEMORY;
     }
-    st = mls_http_conn_write3(c, h.p, h.len, req->head_only ? NULL : body,
+    st = mls_http_conn_write3(c, h.data, h.len, req->head_only ? NULL : body,
                               req->head_only ? 0 : len, NULL, 0);
-    mls_http_buf_free(&h);
+    mls_buf_free(&h);
     mls_http_req_release(req);
     if (st == MLS_OK) {
         mls_http_conn_request_done(c, keep_alive);
@@ -614,7 +567,7 @@ mls_status mls_http_req_respond_error(mls_http_req *req, int status, const char 
 mls_status mls_http_req_stream_begin(mls_http_req *req, int status, const char *content_type)
 {
     mls_http_conn *c = req->conn;
-    mls_http_buf h = {0};
+    mls_buf h = MLS_BUF_INIT(MLS_ALLOC_TAG_NET);
     mls_status st;
     bool keep_alive;
 
@@ -628,16 +581,16 @@ mls_status mls_http_req_stream_begin(mls_http_req *req, int status, const char *
     keep_alive = req->keep_alive && req->chunked && !c->srv->shutting_down;
     req->keep_alive = keep_alive;
     if (req->chunked) {
-        (void)mls_http_buf_append(&req->resp_hdrs, "Transfer-Encoding: chunked\r\n", 28);
+        (void)mls_buf_append_str(&req->resp_hdrs, "Transfer-Encoding: chunked\r\n");
     }
-    if (mls_http_head_build(c, req, &h, status, content_type, -1, keep_alive) != 0) {
-        mls_http_buf_free(&h);
+    if (mls_http_head_build(c, req, &h, status, content_type, -1, keep_alive) != MLS_OK) {
+        mls_buf_free(&h);
         mls_http_conn_close(c);
         return MLS_ERR_NO_MEMORY;
     }
     req->resp = MLS_HTTP_RESP_STREAMING;
-    st = mls_http_conn_write3(c, h.p, h.len, NULL, 0, NULL, 0);
-    mls_http_buf_free(&h);
+    st = mls_http_conn_write3(c, h.data, h.len, NULL, 0, NULL, 0);
+    mls_buf_free(&h);
     return st;
 }
 
@@ -769,7 +722,7 @@ static int mls_http_on_url(llhttp_t *p, const char *at, size_t len)
     if (mls_http_head_grow(c, len, true) != 0) {
         return -1;
     }
-    return mls_http_buf_append(&c->req->url, at, len);
+    return mls_buf_append(&c->req->url, at, len) == MLS_OK ? 0 : -1;
 }
 
 static int mls_http_on_header_field(llhttp_t *p, const char *at, size_t len)
@@ -789,7 +742,7 @@ static int mls_http_on_header_field(llhttp_t *p, const char *at, size_t len)
         req->in_field = 1;
         req->field_start = (uint32_t)req->hdrs.len;
     }
-    return mls_http_buf_append(&req->hdrs, at, len);
+    return mls_buf_append(&req->hdrs, at, len) == MLS_OK ? 0 : -1;
 }
 
 static int mls_http_on_header_field_complete(llhttp_t *p)
@@ -800,7 +753,7 @@ static int mls_http_on_header_field_complete(llhttp_t *p)
         req->field_start = (uint32_t)req->hdrs.len;
     }
     req->in_field = 0;
-    if (mls_http_buf_append(&req->hdrs, "", 1) != 0) {
+    if (mls_buf_append(&req->hdrs, "", 1) != MLS_OK) {
         return -1;
     }
     req->hdr[req->n_hdr].name = req->field_start;
@@ -815,14 +768,14 @@ static int mls_http_on_header_value(llhttp_t *p, const char *at, size_t len)
     if (mls_http_head_grow(c, len, false) != 0) {
         return -1;
     }
-    return mls_http_buf_append(&c->req->hdrs, at, len);
+    return mls_buf_append(&c->req->hdrs, at, len) == MLS_OK ? 0 : -1;
 }
 
 static int mls_http_on_header_value_complete(llhttp_t *p)
 {
     mls_http_req *req = mls_http_parser_conn(p)->req;
 
-    if (mls_http_buf_append(&req->hdrs, "", 1) != 0) {
+    if (mls_buf_append(&req->hdrs, "", 1) != MLS_OK) {
         return -1;
     }
     req->n_hdr++;
@@ -843,17 +796,17 @@ static int mls_http_on_headers_complete(llhttp_t *p)
     req->keep_alive = llhttp_should_keep_alive(p) && !llhttp_get_upgrade(p);
     req->head_only = strcmp(req->method, "HEAD") == 0;
     /* Split the target into path and query. */
-    if (req->url.p == NULL && mls_http_buf_append(&req->url, "", 0) != 0) {
+    if (req->url.data == NULL && mls_buf_append(&req->url, "", 0) != MLS_OK) {
         return -1;
     }
-    q = strchr(req->url.p, '?');
+    q = strchr(req->url.data, '?');
     if (q != NULL) {
         *q = '\0';
         req->query = q + 1;
     } else {
         req->query = "";
     }
-    req->path = req->url.p;
+    req->path = req->url.data;
     if ((p->flags & F_CONTENT_LENGTH) && p->content_length > c->srv->cfg.max_body_bytes) {
         c->reject_status = 413;
         c->reject_msg = "request body exceeds the server's size limit";
@@ -879,14 +832,14 @@ static int mls_http_on_body(llhttp_t *p, const char *at, size_t len)
         c->reject_msg = "request body exceeds the server's size limit";
         return -1;
     }
-    return mls_http_buf_append(&req->body, at, len);
+    return mls_buf_append(&req->body, at, len) == MLS_OK ? 0 : -1;
 }
 
 static int mls_http_on_message_complete(llhttp_t *p)
 {
     mls_http_conn *c = mls_http_parser_conn(p);
 
-    if (c->req->body.p == NULL && mls_http_buf_append(&c->req->body, "", 0) != 0) {
+    if (c->req->body.data == NULL && mls_buf_append(&c->req->body, "", 0) != MLS_OK) {
         return -1;
     }
     c->req_ready = true;
@@ -953,7 +906,7 @@ static void mls_http_conn_handle_closed(uv_handle_t *h)
             mls_http_req_free(req);
         }
     }
-    mls_http_buf_free(&c->in);
+    mls_buf_free(&c->in);
     mls_free(MLS_ALLOC_TAG_NET, c, sizeof(*c));
     mls_http_server_maybe_free(srv);
 }
@@ -1067,7 +1020,7 @@ static void mls_http_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (c->state == MLS_HTTP_CONN_LINGER) {
         return; /* draining after an error answer */
     }
-    if (mls_http_buf_append(&c->in, buf->base, (size_t)nread) != 0) {
+    if (mls_buf_append(&c->in, buf->base, (size_t)nread) != MLS_OK) {
         mls_http_conn_close(c);
         return;
     }
@@ -1120,7 +1073,7 @@ static void mls_http_conn_process(mls_http_conn *c)
     c->in_process = true;
     while (!c->closing && !c->close_when_flushed && c->state != MLS_HTTP_CONN_HANDLING &&
            c->state != MLS_HTTP_CONN_LINGER && off < c->in.len) {
-        const char *data = c->in.p + off;
+        const char *data = c->in.data + off;
         size_t len = c->in.len - off;
         llhttp_errno_t e = llhttp_execute(&c->parser, data, len);
 
@@ -1146,7 +1099,7 @@ static void mls_http_conn_process(mls_http_conn *c)
     if (c->state == MLS_HTTP_CONN_LINGER) {
         c->in.len = 0;
     } else if (off > 0) {
-        memmove(c->in.p, c->in.p + off, c->in.len - off);
+        memmove(c->in.data, c->in.data + off, c->in.len - off);
         c->in.len -= off;
     }
     c->in_process = false;
@@ -1173,6 +1126,7 @@ static void mls_http_on_connection(uv_stream_t *listener, int status)
         return;
     }
     c->srv = srv;
+    mls_buf_init(&c->in, MLS_ALLOC_TAG_NET);
     uv_tcp_init(srv->loop, &c->tcp);
     uv_timer_init(srv->loop, &c->timer);
     c->tcp.data = c;

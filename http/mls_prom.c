@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mls_buf.h"
+
 const double mls_prom_buckets_ttft[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,
                                         0.25,  0.5,   0.75, 1.0,  2.5,  5.0,  7.5,  10.0,
                                         20.0,  40.0,  80.0, 160.0, 640.0, 2560.0};
@@ -59,34 +61,20 @@ struct mls_prom_registry {
     mls_prom_family *fams, *last;
 };
 
+/* Text being rendered; the first append that fails makes the rest no-ops
+ * (oom), checked once at the end. */
 typedef struct {
-    char *p;
-    size_t len, cap;
+    mls_buf buf;
     bool oom;
 } mls_prom_buf;
 
+#define MLS_PROM_BUF_INIT {.buf = MLS_BUF_INIT(MLS_ALLOC_TAG_NET), .oom = false}
+
 static void mls_prom_put(mls_prom_buf *b, const char *s, size_t n)
 {
-    if (b->oom) {
-        return;
+    if (!b->oom && mls_buf_append(&b->buf, s, n) != MLS_OK) {
+        b->oom = true;
     }
-    if (b->len + n + 1 > b->cap) {
-        size_t ncap = b->cap ? b->cap * 2 : 4096;
-        char *np;
-        while (ncap < b->len + n + 1) {
-            ncap *= 2;
-        }
-        np = realloc(b->p, ncap);
-        if (np == NULL) {
-            b->oom = true;
-            return;
-        }
-        b->p = np;
-        b->cap = ncap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
 }
 
 static void mls_prom_puts(mls_prom_buf *b, const char *s)
@@ -98,19 +86,15 @@ static void mls_prom_printf(mls_prom_buf *b, const char *fmt, ...) __attribute__
 
 static void mls_prom_printf(mls_prom_buf *b, const char *fmt, ...)
 {
-    char tmp[128];
     va_list ap;
-    int n;
 
     va_start(ap, fmt);
-    n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-    va_end(ap);
-    if (n > 0) {
-        mls_prom_put(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+    if (!b->oom && mls_buf_append_vfmt(&b->buf, fmt, ap) != MLS_OK) {
+        b->oom = true;
     }
+    va_end(ap);
 }
 
-/* Prometheus float syntax: +Inf, -Inf, NaN, else shortest round-trip form. */
 static void mls_prom_put_double(mls_prom_buf *b, double v)
 {
     if (isnan(v)) {
@@ -208,7 +192,7 @@ void mls_prom_registry_destroy(mls_prom_registry *reg)
 /* 'a="x",b="y"' from a NULL-terminated pair list; NULL on a bad label name. */
 static char *mls_prom_labels_build(const char *const *labels, mls_err *err)
 {
-    mls_prom_buf b = {0};
+    mls_prom_buf b = MLS_PROM_BUF_INIT;
     size_t i;
 
     mls_prom_put(&b, "", 0);
@@ -216,7 +200,7 @@ static char *mls_prom_labels_build(const char *const *labels, mls_err *err)
         if (!mls_prom_name_ok(labels[i], false) || labels[i + 1] == NULL ||
             strncmp(labels[i], "__", 2) == 0 || strcmp(labels[i], "le") == 0) {
             mls_err_set(err, "prometheus: invalid label '%s'", labels[i]);
-            free(b.p);
+            mls_buf_free(&b.buf);
             return NULL;
         }
         if (i > 0) {
@@ -229,10 +213,10 @@ static char *mls_prom_labels_build(const char *const *labels, mls_err *err)
     }
     if (b.oom) {
         mls_err_set(err, "prometheus: out of memory");
-        free(b.p);
+        mls_buf_free(&b.buf);
         return NULL;
     }
-    return b.p;
+    return mls_buf_detach(&b.buf, NULL);
 }
 
 static mls_prom_metric *mls_prom_register(mls_prom_registry *reg, mls_prom_type type,
@@ -418,7 +402,7 @@ static void mls_prom_put_series(mls_prom_buf *b, const mls_prom_family *f, const
 
 mls_status mls_prom_render(mls_prom_registry *reg, char **text_p, size_t *len_p)
 {
-    mls_prom_buf b = {0};
+    mls_prom_buf b = MLS_PROM_BUF_INIT;
     const mls_prom_family *f;
     const mls_prom_metric *m;
     size_t i;
@@ -442,12 +426,12 @@ mls_status mls_prom_render(mls_prom_registry *reg, char **text_p, size_t *len_p)
                 for (i = 0; i <= m->n_bounds; i++) {
                     cum += m->buckets[i];
                     if (i < m->n_bounds) {
-                        mls_prom_buf lb = {0};
+                        mls_prom_buf lb = MLS_PROM_BUF_INIT;
                         mls_prom_puts(&lb, "le=\"");
                         mls_prom_put_double(&lb, m->bounds[i]);
                         mls_prom_puts(&lb, "\"");
-                        snprintf(le, sizeof(le), "%s", lb.p != NULL ? lb.p : "le=\"0\"");
-                        free(lb.p);
+                        snprintf(le, sizeof(le), "%s", !lb.oom ? lb.buf.data : "le=\"0\"");
+                        mls_buf_free(&lb.buf);
                     } else {
                         snprintf(le, sizeof(le), "le=\"+Inf\"");
                     }
@@ -464,10 +448,9 @@ mls_status mls_prom_render(mls_prom_registry *reg, char **text_p, size_t *len_p)
     }
     pthread_mutex_unlock(&reg->mu);
     if (b.oom) {
-        free(b.p);
+        mls_buf_free(&b.buf);
         return MLS_ERR_NO_MEMORY;
     }
-    *text_p = b.p;
-    *len_p = b.len;
-    return MLS_OK;
+    *text_p = mls_buf_detach(&b.buf, len_p);
+    return *text_p != NULL ? MLS_OK : MLS_ERR_NO_MEMORY;
 }
