@@ -167,10 +167,10 @@ static int bk_mla_run(bk_ctx *c, const bk_mla_case *mc)
         for (int i = 0; i < D; i++) {
             rope[i] = bk_rand();
         }
-        kvl_row_store(&l, kv + (uint64_t)t0 * l.row_bytes, lat, rope);
+        kvl_row_store(&l, kvl_page_row(&l, kv, (uint32_t)t0), lat, rope);
     }
     for (int64_t pi = 1; pi < n_pages * copies; pi++) {
-        memcpy(kv + pi * l.page_bytes, kv, l.page_bytes);
+        memcpy(kv + kvl_page_offset(&l, (uint32_t)pi), kv, l.page_bytes);
     }
     for (int64_t i = 0; i < n_pages; i++) {
         tables[i] = (uint32_t)i;

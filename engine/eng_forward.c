@@ -341,8 +341,7 @@ static mls_status eng_attention(eng_ctx *ctx, const eng_layer *L, int32_t layer,
         ENG_TRY(eng_norm(ctx, row, L->kv_a_norm, 1, R, R + D, row));
         ENG_TRY(eng_rope(ctx, row + R, 1, D, D, &s->pos[t]));
         ENG_TRY(eng_rope(ctx, s->q + t * heads * qk + nope, heads, D, qk, &s->pos[t]));
-        dst = kv_base + (uint64_t)seq->pages[p / KVL_PAGE_TOKENS] * layout->page_bytes +
-              (uint64_t)(p % KVL_PAGE_TOKENS) * layout->row_bytes;
+        dst = kvl_row_ptr(layout, kv_base, seq->pages, (uint64_t)p);
         kvl_row_store(layout, dst, row, row + R);
     }
 

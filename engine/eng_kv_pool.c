@@ -142,7 +142,7 @@ uint8_t *eng_kv_pool_layer_base(const eng_kv_pool *pool, int32_t layer)
 
 uint8_t *eng_kv_pool_page(const eng_kv_pool *pool, int32_t layer, uint32_t page)
 {
-    return pool->layer_base[layer] + (uint64_t)page * pool->layout.page_bytes;
+    return pool->layer_base[layer] + kvl_page_offset(&pool->layout, page);
 }
 
 mls_status eng_kv_pool_alloc(eng_kv_pool *pool, uint32_t n, uint32_t *pages_p)
@@ -222,7 +222,7 @@ static mls_status eng_seq_grow_table(eng_seq *seq, uint32_t need)
 
 mls_status eng_seq_reserve(eng_seq *seq, eng_kv_pool *pool, int32_t n_tokens)
 {
-    uint32_t need = (uint32_t)((n_tokens + (int32_t)KVL_PAGE_TOKENS - 1) / (int32_t)KVL_PAGE_TOKENS);
+    uint32_t need = (uint32_t)kvl_kind_pages(&pool->layout, KVL_KIND_LATENT, (uint64_t)n_tokens);
     mls_status st;
 
     if (n_tokens < 0) {

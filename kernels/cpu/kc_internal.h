@@ -15,15 +15,6 @@
 
 #include "kc.h"
 
-/* Cache row t of a sequence whose pages are page_table, in the layer pool
- * at kv_base (page p at kv_base + p * page_bytes). */
-static inline const uint8_t *kc_kv_row(const kvl_layout *l, const uint8_t *kv_base,
-                                       const uint32_t *page_table, int64_t t)
-{
-    return kv_base + (uint64_t)page_table[t / KVL_PAGE_TOKENS] * l->page_bytes +
-           (uint64_t)(t % KVL_PAGE_TOKENS) * l->row_bytes;
-}
-
 /* Rows of the MLA tile a unit decodes at a time (a page holds 64). */
 #define KC_MLA_BLOCK 32
 

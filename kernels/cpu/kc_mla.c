@@ -173,7 +173,7 @@ static inline __attribute__((always_inline)) void kc_mla_prefetch(const kc_mla_p
     if (t0 >= t1) {
         return;
     }
-    const uint8_t *a = kc_kv_row(l, p->kv_base, sq->page_table, t0);
+    const uint8_t *a = kvl_row_cptr(l, p->kv_base, sq->page_table, t0);
     size_t bytes = (size_t)(t1 - t0) * l->row_bytes;
     for (size_t off = 0; off < bytes; off += 64) {
         __builtin_prefetch(a + off, 0, 3);
@@ -269,7 +269,7 @@ static void kc_mla_unit_run(void *ctx, int task, int n_tasks)
     for (int64_t t0 = u->r0; t0 < u->r1; t0 += KC_MLA_BLOCK) {
         int64_t T = u->r1 - t0 < KC_MLA_BLOCK ? u->r1 - t0 : KC_MLA_BLOCK;
         for (int64_t t = 0; t < T; t++) {
-            rows[t] = kc_kv_row(l, p->kv_base, sq->page_table, t0 + t);
+            rows[t] = kvl_row_cptr(l, p->kv_base, sq->page_table, t0 + t);
         }
         kc_mla_prefetch(p, sq, t0 + KC_MLA_PREFETCH_BLOCKS * KC_MLA_BLOCK, u->r1);
         ops->mla_decode(l, rows, (int)T, tile, ldk);

@@ -123,7 +123,8 @@ void kc_mla_attention_ref(const kc_mla_params *p)
         }
         float *rope = lat + len * R;
         for (int64_t t = 0; t < len; t++) {
-            kvl_row_load(l, kc_kv_row(l, p->kv_base, sq->page_table, t), lat + t * R, rope + t * D);
+            kvl_row_load(l, kvl_row_cptr(l, p->kv_base, sq->page_table, t), lat + t * R,
+                         rope + t * D);
         }
         for (int32_t qi = 0; qi < sq->n_q; qi++) {
             int64_t vis = len - sq->n_q + qi + 1;

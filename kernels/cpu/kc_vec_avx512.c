@@ -406,7 +406,7 @@ KC_F8_TGT void kc_f8_run(const kc_mla_few_args *a, const int nq)
 
     for (int64_t t0 = a->r0; t0 < a->r1; t0 += T) {
         int nt = (int)kc_min64(T, a->r1 - t0), nr = nq == 1 ? 4 : 2, t = 0;
-        const uint8_t *row0 = kc_kv_row(l, a->kv_base, a->page_table, t0);
+        const uint8_t *row0 = kvl_row_cptr(l, a->kv_base, a->page_table, t0);
         kc_few_pf pf = kc_few_pf_block(a, t0);
 
         for (; t + nr <= nt; t += nr) {

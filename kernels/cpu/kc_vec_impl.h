@@ -752,7 +752,7 @@ KC_AI kc_few_pf kc_few_pf_block(const kc_mla_few_args *a, int64_t t0)
     int64_t tp = t0 + KC_MLA_FEW_PF;
     kc_few_pf pf = {NULL, 0, 0};
     if (tp < a->r1) {
-        pf.p = kc_kv_row(l, a->kv_base, a->page_table, tp);
+        pf.p = kvl_row_cptr(l, a->kv_base, a->page_table, tp);
         pf.bytes = kc_min64(KC_MLA_FEW_ROWS, a->r1 - tp) * l->row_bytes;
     }
     return pf;
@@ -844,7 +844,7 @@ KC_AI void kc_few_run(const kc_mla_few_args *a, const int nq, const kvl_dtype dt
 
     for (int64_t t0 = a->r0; t0 < a->r1; t0 += T) {
         int nt = (int)kc_min64(T, a->r1 - t0);
-        const uint8_t *row0 = kc_kv_row(l, a->kv_base, a->page_table, t0);
+        const uint8_t *row0 = kvl_row_cptr(l, a->kv_base, a->page_table, t0);
         int nr = KC_FEW_NR(nq), nc = KC_FEW_NC(nq), t = 0, raw = 0;
         kc_few_pf pf = kc_few_pf_block(a, t0);
 

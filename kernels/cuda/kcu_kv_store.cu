@@ -24,7 +24,7 @@ __global__ void kcu_kv_store_kernel(kcu_kvs_args a, uint8_t *kv, const float *la
     const int64_t t = blockIdx.x;
     const float *lat = latent + t * latent_stride;
     const float *rp = rope + t * rope_stride;
-    uint8_t *row = kv + (uint64_t)page[t] * a.page_bytes + (uint64_t)slot[t] * a.row_bytes;
+    uint8_t *row = kv + kvl_slot_offset(a.page_bytes, (uint32_t)a.row_bytes, page[t], slot[t]);
 
     if (a.fp8) {
         const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;

@@ -221,9 +221,9 @@ template <bool FP8>
 __device__ __forceinline__ void load_tile(const MlaArgs &a, uint8_t *dst, int s, int tile, int len)
 {
     const int tok0 = tile * kTile;
-    const uint32_t page = a.page_table[(size_t)s * a.pt_stride + tok0 / (int)KVL_PAGE_TOKENS];
-    const uint8_t *src = a.kv + (uint64_t)page * a.page_bytes +
-                         (uint64_t)(tok0 % (int)KVL_PAGE_TOKENS) * a.row_bytes;
+    const uint8_t *src = a.kv + kvl_paged_row_offset(a.page_bytes, (uint32_t)a.row_bytes,
+                                                     a.page_table + (size_t)s * a.pt_stride,
+                                                     (uint64_t)tok0);
     const int dst_stride = FP8 ? kRawMax : kLdk * 2;
     const int nvalid = min(kTile, len - tok0);
 

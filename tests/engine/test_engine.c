@@ -153,8 +153,8 @@ static void check_exact(const char *name)
             const st_tensor *gl_lat, *gl_pe;
             double el, ep;
             for (int32_t t = 0; t < T; t++) {
-                const uint8_t *row = eng_kv_pool_page(r.pool, l, seq.pages[t / 64]) +
-                                     (size_t)(t % 64) * eng_kv_pool_layout(r.pool)->row_bytes;
+                const uint8_t *row = kvl_row_cptr(eng_kv_pool_layout(r.pool),
+                                                  eng_kv_pool_layer_base(r.pool, l), seq.pages, t);
                 kvl_row_load(eng_kv_pool_layout(r.pool), row, lat + (size_t)t * R, pe + (size_t)t * D);
             }
             snprintf(what, sizeof(what), "latent.layer%d", l);
@@ -237,8 +237,8 @@ static void check_loose(const char *name, kvl_dtype dtype)
             const kvl_layout *layout = eng_kv_pool_layout(r.pool);
             double el;
             for (int32_t t = 0; t < T; t++) {
-                kvl_row_load(layout, eng_kv_pool_page(r.pool, 0, seq.pages[t / 64]) +
-                                         (size_t)(t % 64) * layout->row_bytes,
+                kvl_row_load(layout,
+                             kvl_row_cptr(layout, eng_kv_pool_layer_base(r.pool, 0), seq.pages, t),
                              lat + (size_t)t * R, pe + (size_t)t * D);
             }
             el = mls_test_rel_l2(lat, golden(&f, k, "latent.layer0")->data, (size_t)T * R);

@@ -144,8 +144,7 @@ static double mla_run_case(const mla_case *c, double *max_abs_p)
             }
             fill(lat, c->R, 1.0f);
             fill(rope, c->D, 1.0f);
-            uint32_t pg = table[(size_t)s * stride + t / KVL_PAGE_TOKENS];
-            kvl_row_store(&l, kvl_page_row(&l, pool + pg * l.page_bytes, t % KVL_PAGE_TOKENS), lat,
+            kvl_row_store(&l, kvl_row_ptr(&l, pool, table + (size_t)s * stride, (uint64_t)t), lat,
                           rope);
         }
         seqs[s].page_table = table + (size_t)s * stride;
@@ -717,7 +716,7 @@ static void test_kv_store(void)
                 lat[(size_t)t * (R + D) + 3] = t == 7 ? 0.0f : lat[(size_t)t * (R + D) + 3];
                 page[t] = (uint32_t)((t * 3) % NP);
                 slot[t] = (uint32_t)(t / NP);
-                kvl_row_store(&l, kvl_page_row(&l, want + page[t] * l.page_bytes, slot[t]),
+                kvl_row_store(&l, kvl_page_row(&l, want + kvl_page_offset(&l, page[t]), slot[t]),
                               lat + (size_t)t * (R + D), lat + (size_t)t * (R + D) + R);
             }
             void *dkv = dev_dup(want, bytes); /* same background bytes */

@@ -450,8 +450,7 @@ static double run_mla_case(const mla_case *c, kc_pool *pool, int verbose, double
                 }
                 fill_rand(lat, (size_t)R, c->amp > 0 ? c->amp : 1.0f);
                 fill_rand(rope, (size_t)D, 1.0f);
-                kvl_row_store(&l, kv + (uint64_t)seqs[s].page_table[t / 64] * l.page_bytes +
-                                      (uint64_t)(t % 64) * l.row_bytes, lat, rope);
+                kvl_row_store(&l, kvl_row_ptr(&l, kv, seqs[s].page_table, (uint64_t)t), lat, rope);
             }
         }
     }

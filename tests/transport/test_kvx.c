@@ -300,8 +300,7 @@ static int t_check_pages(t_node *n)
         for (uint32_t l = 0; l < n->cfg.n_layers; l++) {
             for (uint32_t t = 0; t < r->n_tokens; t++) {
                 kvx_test_row(T_SEED, r->rid, l, t, want, rb);
-                const uint8_t *got = n->pool[l] + r->page_ids[t / KVL_PAGE_TOKENS] * pb +
-                                     (uint64_t)(t % KVL_PAGE_TOKENS) * rb;
+                const uint8_t *got = kvl_row_cptr(&n->cfg.layout, n->pool[l], r->page_ids, t);
                 if (memcmp(got, want, rb) != 0 && bad++ < 5) {
                     fprintf(stderr, "  rid %llu layer %u token %u: row differs\n",
                             (unsigned long long)r->rid, l, t);
