@@ -310,18 +310,13 @@ mls_status mls_proto_kv_dtype_from_wire(Mlaserve__KvDtype v, kvl_dtype *dtype_p)
     return MLS_OK;
 }
 
-void mls_proto_kv_layout_to_wire(const kvl_layout *layout, uint32_t n_layers,
+void mls_proto_kv_layout_to_wire(const kvl_layout *layout, uint32_t n_layers, uint8_t *wire,
                                  Mlaserve__KvLayout *msg)
 {
     mlaserve__kv_layout__init(msg);
-    msg->version = layout->version;
-    msg->dtype = mls_proto_kv_dtype_to_wire(layout->dtype);
-    msg->kv_lora_rank = layout->kv_lora_rank;
-    msg->rope_dim = layout->rope_dim;
-    msg->page_tokens = layout->page_tokens;
-    msg->row_bytes = layout->row_bytes;
-    msg->page_bytes = layout->page_bytes;
-    msg->model_fingerprint = layout->model_fingerprint;
+    kvl_layout_encode(layout, wire);
+    msg->layout.data = wire;
+    msg->layout.len = KVL_WIRE_BYTES;
     msg->n_layers = n_layers;
 }
 
@@ -329,30 +324,9 @@ mls_status mls_proto_kv_layout_from_wire(const Mlaserve__KvLayout *msg, kvl_layo
                                          uint32_t *n_layers_p, mls_err *err)
 {
     kvl_layout l;
-    kvl_dtype dtype;
+    mls_status st = kvl_layout_decode(msg->layout.data, msg->layout.len, &l, err);
 
-    if (msg->version != KVL_VERSION) {
-        mls_err_set(err, "kv_layout: version %u, this build speaks %u", msg->version,
-                    KVL_VERSION);
-        return MLS_ERR_PEER_MISMATCH;
-    }
-    if (mls_proto_kv_dtype_from_wire(msg->dtype, &dtype) != MLS_OK) {
-        mls_err_set(err, "kv_layout: unknown dtype %d", (int)msg->dtype);
-        return MLS_ERR_PEER_MISMATCH;
-    }
-    if (kvl_layout_init(dtype, msg->kv_lora_rank, msg->rope_dim, msg->model_fingerprint, &l) !=
-        MLS_OK) {
-        mls_err_set(err, "kv_layout: invalid kv_lora_rank %u / rope_dim %u", msg->kv_lora_rank,
-                    msg->rope_dim);
-        return MLS_ERR_PEER_MISMATCH;
-    }
-    if (l.page_tokens != msg->page_tokens || l.row_bytes != msg->row_bytes ||
-        l.page_bytes != msg->page_bytes) {
-        mls_err_set(err,
-                    "kv_layout: peer says page_tokens %u row_bytes %u page_bytes %llu, "
-                    "this build computes %u / %u / %llu",
-                    msg->page_tokens, msg->row_bytes, (unsigned long long)msg->page_bytes,
-                    l.page_tokens, l.row_bytes, (unsigned long long)l.page_bytes);
+    if (st != MLS_OK) {
         return MLS_ERR_PEER_MISMATCH;
     }
     *layout_p = l;

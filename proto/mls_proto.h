@@ -30,7 +30,7 @@
 #include "mls_status.h"
 
 /* The protocol version this build speaks (PROTOCOL_VERSION_CURRENT). */
-#define MLS_PROTO_VERSION 1u
+#define MLS_PROTO_VERSION 2u
 
 /* Defaults for the limits; a node or router config may override them. */
 #define MLS_PROTO_DEFAULT_MAX_FRAME_BYTES    (16u << 20)
@@ -111,8 +111,11 @@ mls_status mls_proto_status_from_wire(int32_t v);
 Mlaserve__KvDtype mls_proto_kv_dtype_to_wire(kvl_dtype dtype);
 mls_status mls_proto_kv_dtype_from_wire(Mlaserve__KvDtype v, kvl_dtype *dtype_p);
 
-/* KvLayout message <-> kvl_layout (n_layers is carried alongside). */
-void mls_proto_kv_layout_to_wire(const kvl_layout *layout, uint32_t n_layers,
+/* KvLayout message <-> kvl_layout (n_layers is carried alongside). The
+ * message carries kvl_layout_encode's bytes: to_wire writes them to wire
+ * (KVL_WIRE_BYTES, caller-owned) and points msg at them, so wire must live
+ * as long as msg is packed. from_wire refuses what kvl_layout_decode refuses. */
+void mls_proto_kv_layout_to_wire(const kvl_layout *layout, uint32_t n_layers, uint8_t *wire,
                                  Mlaserve__KvLayout *msg);
 mls_status mls_proto_kv_layout_from_wire(const Mlaserve__KvLayout *msg, kvl_layout *layout_p,
                                          uint32_t *n_layers_p, mls_err *err);

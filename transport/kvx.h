@@ -93,7 +93,7 @@
 #include "mls_kv_layout.h"
 #include "mls_status.h"
 
-#define KVX_PROTO_VERSION 1u
+#define KVX_PROTO_VERSION 2u
 #define KVX_MAX_LAYERS    256u
 
 typedef struct kvx_ctx kvx_ctx;

@@ -49,47 +49,28 @@ mls_status kvx_status_from_ucs(ucs_status_t st)
     }
 }
 
-void kvx_layout_to_wire(const kvl_layout *l, kvx_wire_layout *w)
+mls_status kvx_layout_check_wire(const kvl_layout *ours, const uint8_t *wire, char *why,
+                                 size_t len)
 {
-    memset(w, 0, sizeof(*w));
-    w->version = l->version;
-    w->dtype = (uint32_t)l->dtype;
-    w->kv_lora_rank = l->kv_lora_rank;
-    w->rope_dim = l->rope_dim;
-    w->page_tokens = l->page_tokens;
-    w->row_bytes = l->row_bytes;
-    w->rope_offset = l->rope_offset;
-    w->scale_offset = l->scale_offset;
-    w->page_bytes = l->page_bytes;
-    w->model_fingerprint = l->model_fingerprint;
-}
+    kvl_layout theirs;
+    const char *field = NULL;
+    mls_err err = {{0}};
 
-void kvx_layout_from_wire(const kvx_wire_layout *w, kvl_layout *l)
-{
-    memset(l, 0, sizeof(*l));
-    l->version = w->version;
-    l->dtype = (kvl_dtype)w->dtype;
-    l->kv_lora_rank = w->kv_lora_rank;
-    l->rope_dim = w->rope_dim;
-    l->page_tokens = w->page_tokens;
-    l->row_bytes = w->row_bytes;
-    l->rope_offset = w->rope_offset;
-    l->scale_offset = w->scale_offset;
-    l->page_bytes = w->page_bytes;
-    l->model_fingerprint = w->model_fingerprint;
-}
-
-void kvx_layout_mismatch_why(const kvl_layout *ours, const kvl_layout *theirs, const char *field,
-                             char *buf, size_t len)
-{
-    snprintf(buf, len,
+    if (kvl_layout_decode(wire, KVL_WIRE_BYTES, &theirs, &err) != MLS_OK) {
+        snprintf(why, len, "%s", err.msg);
+        return MLS_ERR_PEER_MISMATCH;
+    }
+    if (kvl_layout_check_peer(ours, &theirs, &field) == MLS_OK) {
+        return MLS_OK;
+    }
+    snprintf(why, len,
              "KV layout field '%s' differs: here v%u %s R=%u D=%u page=%u row=%uB "
              "fp=%016llx, peer v%u %s R=%u D=%u page=%u row=%uB fp=%016llx",
              field, ours->version, kvl_dtype_name(ours->dtype), ours->kv_lora_rank, ours->rope_dim,
              ours->page_tokens, ours->row_bytes, (unsigned long long)ours->model_fingerprint,
-             theirs->version, theirs->dtype < KVL_DTYPE_COUNT ? kvl_dtype_name(theirs->dtype) : "?",
-             theirs->kv_lora_rank, theirs->rope_dim, theirs->page_tokens, theirs->row_bytes,
-             (unsigned long long)theirs->model_fingerprint);
+             theirs.version, kvl_dtype_name(theirs.dtype), theirs.kv_lora_rank, theirs.rope_dim,
+             theirs.page_tokens, theirs.row_bytes, (unsigned long long)theirs.model_fingerprint);
+    return MLS_ERR_PEER_MISMATCH;
 }
 
 /* ---- in-flight operations ------------------------------------------------ */

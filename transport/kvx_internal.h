@@ -53,28 +53,15 @@ typedef enum {
 #define KVX_WIRE_MAGIC  0x4b565831u /* "KVX1" */
 #define KVX_WHY_LEN     256
 
-typedef struct {
-    uint32_t version;
-    uint32_t dtype;
-    uint32_t kv_lora_rank;
-    uint32_t rope_dim;
-    uint32_t page_tokens;
-    uint32_t row_bytes;
-    uint32_t rope_offset;
-    uint32_t scale_offset;
-    uint64_t page_bytes;
-    uint64_t model_fingerprint;
-} kvx_wire_layout;
-_Static_assert(sizeof(kvx_wire_layout) == 48, "kvx_wire_layout is 48 bytes on the wire");
-
+/* The layouts travel in the KV contract's one wire form (kvl_layout_encode). */
 typedef struct {
     uint32_t magic;
     uint32_t proto_version;
     uint32_t n_layers;
     uint32_t reserved;
-    kvx_wire_layout layout;
+    uint8_t layout[KVL_WIRE_BYTES];
 } kvx_msg_hello;
-_Static_assert(sizeof(kvx_msg_hello) == 64, "kvx_msg_hello is 64 bytes");
+_Static_assert(sizeof(kvx_msg_hello) == 16 + KVL_WIRE_BYTES, "kvx_msg_hello is 216 bytes");
 
 /* Followed (as AM data) by n_layers kvx_wire_pool, then n_regions times
  * (uint32 rkey length, rkey bytes). */
@@ -85,10 +72,11 @@ typedef struct {
     uint32_t n_regions;
     uint32_t pool_pages;
     uint32_t reserved;
-    kvx_wire_layout layout;
+    uint8_t layout[KVL_WIRE_BYTES];
     char why[KVX_WHY_LEN];
 } kvx_msg_hello_reply;
-_Static_assert(sizeof(kvx_msg_hello_reply) == 72 + KVX_WHY_LEN, "kvx_msg_hello_reply size");
+_Static_assert(sizeof(kvx_msg_hello_reply) == 24 + KVL_WIRE_BYTES + KVX_WHY_LEN,
+               "kvx_msg_hello_reply size");
 
 typedef struct {
     uint64_t base;   /* remote address of page 0 of the layer */
@@ -169,7 +157,8 @@ typedef struct {
     kvx_ctx *ctx;
     void *blob; /* owned extra payload (page ids, checksums...) */
     size_t blob_len;
-    uint8_t hdr[KVX_WHY_LEN + 80]; /* the AM header, alive until completion */
+    uint8_t hdr[sizeof(kvx_msg_hello_reply)]; /* the AM header (at most the largest one),
+                                                 alive until completion */
 } kvx_sop;
 
 typedef enum {
@@ -405,10 +394,11 @@ mls_status kvx_am_send(kvx_peer *peer, kvx_sop *sop, unsigned am_id, size_t hdr_
 void kvx_peer_fail(kvx_peer *peer, mls_status st, const char *why);
 void kvx_peer_unref(kvx_peer *peer);
 void kvx_sop_complete(kvx_sop *sop, ucs_status_t status);
-void kvx_layout_to_wire(const kvl_layout *l, kvx_wire_layout *w);
-void kvx_layout_mismatch_why(const kvl_layout *ours, const kvl_layout *theirs, const char *field,
-                             char *buf, size_t len);
-void kvx_layout_from_wire(const kvx_wire_layout *w, kvl_layout *l);
+/* MLS_OK when a peer's layout (kvl_layout_encode's KVL_WIRE_BYTES at wire)
+ * decodes and matches ours; else MLS_ERR_PEER_MISMATCH with why (len bytes)
+ * naming the field that differs or what is malformed. */
+mls_status kvx_layout_check_wire(const kvl_layout *ours, const uint8_t *wire, char *why,
+                                 size_t len);
 mls_status kvx_status_from_ucs(ucs_status_t st);
 
 #endif

@@ -437,7 +437,7 @@ static ucs_status_t kvx_recv_hello(kvx_ctx *ctx, kvx_peer *peer, const void *hea
     rep->magic = KVX_WIRE_MAGIC;
     rep->n_layers = ctx->cfg.n_layers;
     rep->pool_pages = ctx->pool_pages;
-    kvx_layout_to_wire(&ctx->cfg.layout, &rep->layout);
+    kvl_layout_encode(&ctx->cfg.layout, rep->layout);
     mls_status st = MLS_OK;
     const kvx_msg_hello *h = header;
     if (header_length != sizeof(*h) || h->magic != KVX_WIRE_MAGIC) {
@@ -455,14 +455,7 @@ static ucs_status_t kvx_recv_hello(kvx_ctx *ctx, kvx_peer *peer, const void *hea
         st = MLS_ERR_UNSUPPORTED;
         snprintf(rep->why, sizeof(rep->why), "decode node has no KV pool registered");
     } else {
-        kvl_layout theirs;
-        const char *why = NULL;
-        kvx_layout_from_wire(&h->layout, &theirs);
-        st = kvl_layout_check_peer(&ctx->cfg.layout, &theirs, &why);
-        if (st != MLS_OK) {
-            kvx_layout_mismatch_why(&ctx->cfg.layout, &theirs, why ? why : "?", rep->why,
-                                    sizeof(rep->why));
-        }
+        st = kvx_layout_check_wire(&ctx->cfg.layout, h->layout, rep->why, sizeof(rep->why));
     }
     rep->status = (uint32_t)st;
     if (st == MLS_OK) {

@@ -411,7 +411,7 @@ static kvx_peer *kvx_peer_connect(kvx_ctx *ctx, const char *addr, mls_err *err)
     h->magic = KVX_WIRE_MAGIC;
     h->proto_version = KVX_PROTO_VERSION;
     h->n_layers = ctx->cfg.n_layers;
-    kvx_layout_to_wire(&ctx->cfg.layout, &h->layout);
+    kvl_layout_encode(&ctx->cfg.layout, h->layout);
     kvx_am_send(peer, hello, KVX_AM_HELLO, sizeof(*h), UCP_AM_SEND_FLAG_EAGER);
     return peer;
 }
@@ -569,13 +569,8 @@ static void kvx_send_hello_reply(kvx_ctx *ctx, kvx_peer *peer, const kvx_msg_hel
         kvx_peer_fail(peer, MLS_ERR_PEER_MISMATCH, why);
         return;
     }
-    kvl_layout theirs;
-    const char *lwhy = NULL;
-    kvx_layout_from_wire(&rep->layout, &theirs);
-    if (kvl_layout_check_peer(&ctx->cfg.layout, &theirs, &lwhy) != MLS_OK || rep->n_layers != nl) {
-        char lbuf[KVX_WHY_LEN];
-        kvx_layout_mismatch_why(&ctx->cfg.layout, &theirs, lwhy ? lwhy : "n_layers", lbuf,
-                                sizeof(lbuf));
+    char lbuf[KVX_WHY_LEN];
+    if (kvx_layout_check_wire(&ctx->cfg.layout, rep->layout, lbuf, sizeof(lbuf)) != MLS_OK) {
         snprintf(why, sizeof(why), "decode node %s: %s", peer->addr, lbuf);
         kvx_peer_fail(peer, MLS_ERR_PEER_MISMATCH, why);
         return;

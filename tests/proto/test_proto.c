@@ -21,6 +21,7 @@ typedef struct {
     Mlaserve__Envelope env[N_MSG];
     Mlaserve__Register reg;
     Mlaserve__KvLayout layout;
+    uint8_t layout_wire[KVL_WIRE_BYTES];
     Mlaserve__Capacity cap;
     Mlaserve__RegisterAck ack;
     Mlaserve__LoadReport load;
@@ -73,7 +74,7 @@ static void msg_set_build(msg_set *m)
     {
         kvl_layout l;
         (void)kvl_layout_init(KVL_DTYPE_FP8, 512, 64, 0x1234567890abcdefull, &l);
-        mls_proto_kv_layout_to_wire(&l, 61, &m->layout);
+        mls_proto_kv_layout_to_wire(&l, 61, m->layout_wire, &m->layout);
     }
     mlaserve__capacity__init(&m->cap);
     m->cap.kv_pages_total = 4096;
@@ -784,6 +785,7 @@ static void test_pack_limits_and_helpers(void)
     kvl_layout l;
     uint32_t n_layers;
     Mlaserve__KvLayout bad;
+    uint8_t bad_wire[KVL_WIRE_BYTES];
     kvl_dtype dt;
 
     msg_set_build(&m);
@@ -806,12 +808,23 @@ static void test_pack_limits_and_helpers(void)
     CHECK_EQ_INT(dt, KVL_DTYPE_BF16);
     CHECK_STR_EQ(mls_proto_msg_name(MLASERVE__ENVELOPE__MSG_TOKEN_CHUNK), "token_chunk");
 
+    /* the layout's bytes are kvl_layout_decode's to judge: a row size this
+     * build does not derive, another version, a short or missing form */
     bad = m.layout;
-    bad.row_bytes += 2;
+    memcpy(bad_wire, m.layout_wire, sizeof(bad_wire));
+    bad.layout.data = bad_wire;
+    bad_wire[KVL_WIRE_HEADER_BYTES] += 2; /* latent row_bytes, low byte */
     CHECK_STATUS(mls_proto_kv_layout_from_wire(&bad, &l, &n_layers, &err), MLS_ERR_PEER_MISMATCH);
-    CHECK(strstr(err.msg, "row_bytes") != NULL);
-    bad = m.layout;
-    bad.version = 99;
+    CHECK_MSG(strstr(err.msg, "row_bytes") != NULL, "%s", err.msg);
+    memcpy(bad_wire, m.layout_wire, sizeof(bad_wire));
+    bad_wire[4] = 99; /* version */
+    CHECK_STATUS(mls_proto_kv_layout_from_wire(&bad, &l, &n_layers, &err), MLS_ERR_PEER_MISMATCH);
+    CHECK_MSG(strstr(err.msg, "version 99") != NULL, "%s", err.msg);
+    memcpy(bad_wire, m.layout_wire, sizeof(bad_wire));
+    bad.layout.len = KVL_WIRE_BYTES - 1;
+    CHECK_STATUS(mls_proto_kv_layout_from_wire(&bad, &l, &n_layers, &err), MLS_ERR_PEER_MISMATCH);
+    bad.layout.data = NULL;
+    bad.layout.len = 0;
     CHECK_STATUS(mls_proto_kv_layout_from_wire(&bad, &l, &n_layers, &err), MLS_ERR_PEER_MISMATCH);
 }
 
