@@ -77,23 +77,7 @@ static void rq_leave_nodes(rt_request *r, bool cancel)
 
 static bool rq_text_append(rt_request *r, const char *s, size_t n)
 {
-    if (r->text_len + n + 1 > r->text_cap) {
-        size_t cap = r->text_cap ? r->text_cap * 2 : 256;
-        char *t;
-        while (cap < r->text_len + n + 1) {
-            cap *= 2;
-        }
-        t = realloc(r->text, cap);
-        if (t == NULL) {
-            return false;
-        }
-        r->text = t;
-        r->text_cap = cap;
-    }
-    memcpy(r->text + r->text_len, s, n);
-    r->text_len += n;
-    r->text[r->text_len] = '\0';
-    return true;
+    return mls_buf_append(&r->text, s, n) == MLS_OK;
 }
 
 static size_t rq_max_stop_len(const rt_request *r)
@@ -114,17 +98,17 @@ static bool rq_find_stop(rt_request *r)
     size_t cut = SIZE_MAX;
 
     for (size_t i = 0; i < r->oai->n_stop; i++) {
-        const char *hit = strstr(r->text ? r->text + from : "", r->oai->stop[i]);
-        if (hit != NULL && (size_t)(hit - r->text) < cut) {
-            cut = (size_t)(hit - r->text);
+        const char *hit = strstr(r->text.data ? r->text.data + from : "", r->oai->stop[i]);
+        if (hit != NULL && (size_t)(hit - r->text.data) < cut) {
+            cut = (size_t)(hit - r->text.data);
         }
     }
-    r->stop_scan = r->text_len;
+    r->stop_scan = r->text.len;
     if (cut == SIZE_MAX) {
         return false;
     }
-    r->text_len = cut;
-    r->text[cut] = '\0';
+    r->text.len = cut;
+    r->text.data[cut] = '\0';
     return true;
 }
 
@@ -247,15 +231,15 @@ static void rq_send_chunk(rt_request *r, const char *text, size_t len, const cha
 static void rq_stream_flush(rt_request *r, bool all)
 {
     size_t hold = all ? 0 : (rq_max_stop_len(r) > 0 ? rq_max_stop_len(r) - 1 : 0);
-    size_t safe = r->text_len > hold ? r->text_len - hold : 0;
+    size_t safe = r->text.len > hold ? r->text.len - hold : 0;
 
-    while (safe > r->sent && safe < r->text_len && ((unsigned char)r->text[safe] & 0xC0) == 0x80) {
+    while (safe > r->sent && safe < r->text.len && ((unsigned char)r->text.data[safe] & 0xC0) == 0x80) {
         safe--;
     }
     if (!r->oai->stream || r->http == NULL || safe <= r->sent) {
         return;
     }
-    rq_send_chunk(r, r->text + r->sent, safe - r->sent, NULL);
+    rq_send_chunk(r, r->text.data + r->sent, safe - r->sent, NULL);
     r->sent = safe;
 }
 
@@ -287,8 +271,8 @@ static void rq_complete_http(rt_request *r)
         mls_oai_render_args a = {0};
         rq_logprobs lp;
         bool have_lp = rq_logprobs_build(r, 0, r->n_gen, &lp);
-        ch.text = r->text ? r->text : "";
-        ch.text_len = r->text_len;
+        ch.text = r->text.data ? r->text.data : "";
+        ch.text_len = r->text.len;
         ch.finish_reason = r->finish_reason;
         if (have_lp) {
             ch.logprobs = lp.tokens;
@@ -563,31 +547,17 @@ static bool rq_take_token(rt_request *r, int32_t id, float logprob, const Mlaser
     const char *piece;
     size_t n;
 
-    if (r->n_gen == r->cap_gen) {
-        uint32_t cap = r->cap_gen ? r->cap_gen * 2 : 64;
-        int32_t *g = realloc(r->gen, sizeof(int32_t) * cap);
-        float *l = g ? realloc(r->gen_logprob, sizeof(float) * cap) : NULL;
-        if (g != NULL) {
-            r->gen = g;
-        }
-        if (l == NULL) {
-            rt_request_fail(r, 500, MLS_ERR_NO_MEMORY, "out of memory");
-            return false;
-        }
-        r->gen_logprob = l;
-        if (r->top_n > 0) {
-            int32_t *ti = realloc(r->gen_top_ids, sizeof(int32_t) * cap * r->top_n);
-            float *tl = ti ? realloc(r->gen_top_lp, sizeof(float) * cap * r->top_n) : NULL;
-            if (ti != NULL) {
-                r->gen_top_ids = ti;
-            }
-            if (tl == NULL) {
-                rt_request_fail(r, 500, MLS_ERR_NO_MEMORY, "out of memory");
-                return false;
-            }
-            r->gen_top_lp = tl;
-        }
-        r->cap_gen = cap;
+    size_t need = (size_t)r->n_gen + 1;
+    if (mls_array_reserve(&r->gen, &r->cap_gen, need, sizeof(*r->gen), MLS_ALLOC_TAG_MISC) != MLS_OK ||
+        mls_array_reserve(&r->gen_logprob, &r->cap_logprob, need, sizeof(*r->gen_logprob),
+                          MLS_ALLOC_TAG_MISC) != MLS_OK ||
+        (r->top_n > 0 &&
+         (mls_array_reserve(&r->gen_top_ids, &r->cap_top_ids, need * r->top_n, sizeof(*r->gen_top_ids),
+                            MLS_ALLOC_TAG_MISC) != MLS_OK ||
+          mls_array_reserve(&r->gen_top_lp, &r->cap_top_lp, need * r->top_n, sizeof(*r->gen_top_lp),
+                            MLS_ALLOC_TAG_MISC) != MLS_OK))) {
+        rt_request_fail(r, 500, MLS_ERR_NO_MEMORY, "out of memory");
+        return false;
     }
     for (uint32_t k = 0; k < r->top_n; k++) {
         bool have = top != NULL && k < top->n_token_ids && k < top->n_logprobs;
@@ -824,12 +794,12 @@ void rt_request_free(rt_request *r)
     tok_detok_destroy(r->detok);
     mls_oai_request_free(r->oai);
     free(r->prompt);
-    free(r->gen);
-    free(r->gen_logprob);
-    free(r->gen_top_ids);
-    free(r->gen_top_lp);
+    mls_array_free(&r->gen, &r->cap_gen, sizeof(*r->gen), MLS_ALLOC_TAG_MISC);
+    mls_array_free(&r->gen_logprob, &r->cap_logprob, sizeof(*r->gen_logprob), MLS_ALLOC_TAG_MISC);
+    mls_array_free(&r->gen_top_ids, &r->cap_top_ids, sizeof(*r->gen_top_ids), MLS_ALLOC_TAG_MISC);
+    mls_array_free(&r->gen_top_lp, &r->cap_top_lp, sizeof(*r->gen_top_lp), MLS_ALLOC_TAG_MISC);
     free(r->pages);
-    free(r->text);
+    mls_buf_free(&r->text);
     free(r);
     rt_requests_kick(rt);
 }

@@ -13,6 +13,7 @@
 #ifndef MLS_RT_REQUESTS_H
 #define MLS_RT_REQUESTS_H
 
+#include "mls_buf.h"
 #include "rt_nodes.h"
 
 #define RT_MAX_RETRIES      4
@@ -37,12 +38,13 @@ struct rt_request {
     rq_state state;
     int32_t *prompt;               /* (n_prompt) */
     int32_t n_prompt;
-    int32_t *gen;                  /* (cap_gen) completion ids so far */
-    float *gen_logprob;            /* (cap_gen) */
-    int32_t *gen_top_ids;          /* (cap_gen, top_n) alternatives, when requested */
-    float *gen_top_lp;             /* (cap_gen, top_n) */
+    int32_t *gen;                  /* (n_gen) completion ids so far; cap_gen allocated */
+    float *gen_logprob;            /* (n_gen); cap_logprob allocated */
+    int32_t *gen_top_ids;          /* (n_gen, top_n) alternatives, when requested */
+    float *gen_top_lp;             /* (n_gen, top_n) */
+    size_t cap_gen, cap_logprob, cap_top_ids, cap_top_lp; /* elements (mls_array_reserve) */
     uint32_t top_n;
-    uint32_t n_gen, cap_gen;
+    uint32_t n_gen;
     uint32_t max_tokens;
     rt_node *p, *d;                /* current pair; p == d when colocated */
     bool colocated;                /* this attempt runs on one colocated node */
@@ -54,8 +56,7 @@ struct rt_request {
     char last_error_msg[192];
     /* output */
     tok_detok *detok;
-    char *text;                    /* completion text so far */
-    size_t text_len, text_cap;
+    mls_buf text;                  /* completion text so far (MISC tag; data NULL until some) */
     size_t sent;                   /* bytes of text already sent to the client */
     size_t stop_scan;              /* stop strings searched up to here */
     uint32_t tokens_sent;          /* completion tokens reported in sent chunks */

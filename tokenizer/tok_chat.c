@@ -165,8 +165,7 @@ mls_status tok_chat_render(const tok_tokenizer *tok, const tok_chat_msg *msgs, s
         mls_err_set(err, "chat template: out of memory");
         return MLS_ERR_NO_MEMORY;
     }
-    *text_p = b.buf;
-    *len_p = b.len;
+    *text_p = mls_buf_detach(&b, len_p);
     return MLS_OK;
 }
 

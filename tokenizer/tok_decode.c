@@ -40,7 +40,7 @@ mls_status tok_decode(const tok_tokenizer *tok, const int32_t *ids, size_t n, bo
             if (skip_special && (f & TOK_ID_SPECIAL)) {
                 continue;
             }
-            if (!tok_utf8_lossy((const uint8_t *)run.buf, run.len, false, &out, NULL) ||
+            if (!tok_utf8_lossy((const uint8_t *)run.data, run.len, false, &out, NULL) ||
                 !tok_buf_append(&out, tok->strings + a->off, a->len)) {
                 goto no_memory;
             }
@@ -51,12 +51,11 @@ mls_status tok_decode(const tok_tokenizer *tok, const int32_t *ids, size_t n, bo
             }
         }
     }
-    if (!tok_utf8_lossy((const uint8_t *)run.buf, run.len, false, &out, NULL) ||
+    if (!tok_utf8_lossy((const uint8_t *)run.data, run.len, false, &out, NULL) ||
         !tok_buf_append(&out, "", 0)) {
         goto no_memory;
     }
-    *text_p = out.buf;
-    *len_p = out.len;
+    *text_p = mls_buf_detach(&out, len_p);
     tok_buf_free(&run);
     return MLS_OK;
 no_memory:
@@ -90,10 +89,10 @@ mls_status tok_detok_create(const tok_tokenizer *tok, bool skip_special, tok_det
 static bool tok_detok_drain(tok_detok *d, bool partial)
 {
     size_t held = 0;
-    if (!tok_utf8_lossy((const uint8_t *)d->held.buf, d->held.len, partial, &d->chunk, &held)) {
+    if (!tok_utf8_lossy((const uint8_t *)d->held.data, d->held.len, partial, &d->chunk, &held)) {
         return false;
     }
-    memmove(d->held.buf, d->held.buf + d->held.len - held, held);
+    memmove(d->held.data, d->held.data + d->held.len - held, held);
     d->held.len = held;
     return true;
 }
@@ -104,7 +103,7 @@ mls_status tok_detok_feed(tok_detok *d, int32_t id, const char **text_p, size_t 
     bool ok = true;
 
     d->chunk.len = 0;
-    d->chunk.buf[0] = '\0';
+    d->chunk.data[0] = '\0';
     if (id >= 0 && id < tok->n_ids) {
         uint8_t f = tok->id_flags[id];
         if ((f & TOK_ID_ADDED) && !(d->skip_special && (f & TOK_ID_SPECIAL))) {
@@ -116,7 +115,7 @@ mls_status tok_detok_feed(tok_detok *d, int32_t id, const char **text_p, size_t 
                  tok_detok_drain(d, true);
         }
     }
-    *text_p = d->chunk.buf;
+    *text_p = d->chunk.data;
     *len_p = d->chunk.len;
     return ok ? MLS_OK : MLS_ERR_NO_MEMORY;
 }
@@ -126,9 +125,9 @@ mls_status tok_detok_flush(tok_detok *d, const char **text_p, size_t *len_p)
     bool ok;
 
     d->chunk.len = 0;
-    d->chunk.buf[0] = '\0';
+    d->chunk.data[0] = '\0';
     ok = tok_detok_drain(d, false);
-    *text_p = d->chunk.buf;
+    *text_p = d->chunk.data;
     *len_p = d->chunk.len;
     return ok ? MLS_OK : MLS_ERR_NO_MEMORY;
 }

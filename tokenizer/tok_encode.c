@@ -187,7 +187,7 @@ static mls_status tok_bpe_word(tok_enc *e, const uint8_t *s, size_t n)
                 return MLS_ERR_NO_MEMORY;
             }
         }
-        int32_t id = tok_model_lookup(tok, w.buf, w.len);
+        int32_t id = tok_model_lookup(tok, w.data, w.len);
         tok_buf_free(&w);
         if (id >= 0) {
             return tok_ids_push(out, id);
@@ -276,7 +276,7 @@ static mls_status tok_pre_split(tok_enc *e, const tok_pre_step *step, tok_piece 
     size_t n_sp = 0, cap_sp = 0;
     size_t pos = 0, prev = 0;
     mls_status st = MLS_OK;
-    const PCRE2_SPTR subj = (PCRE2_SPTR)(e->text.buf + p.off);
+    const PCRE2_SPTR subj = (PCRE2_SPTR)(e->text.data + p.off);
 
 #define TOK_SPAN_PUSH(s_, t_, m_)                                                                  \
     do {                                                                                           \
@@ -403,7 +403,7 @@ static mls_status tok_encode_stretch(tok_enc *e, const char *text, size_t len)
         for (size_t i = 0; i < e->cur.n; i++) {
             tok_piece p = e->cur.v[i];
             if (step->kind == TOK_PRE_PREFIX_SPACE) {
-                if (p.len > 0 && e->text.buf[p.off] == ' ') {
+                if (p.len > 0 && e->text.data[p.off] == ' ') {
                     if (!tok_pieces_push(&e->nxt, p.off, p.len)) {
                         return MLS_ERR_NO_MEMORY;
                     }
@@ -412,7 +412,7 @@ static mls_status tok_encode_stretch(tok_enc *e, const char *text, size_t len)
                 uint32_t noff = (uint32_t)e->text.len;
                 /* grow first: the copy below reads from the same buffer */
                 if (!tok_buf_reserve(&e->text, p.len + 1) || !tok_buf_append(&e->text, " ", 1) ||
-                    !tok_buf_append(&e->text, e->text.buf + p.off, p.len) ||
+                    !tok_buf_append(&e->text, e->text.data + p.off, p.len) ||
                     !tok_pieces_push(&e->nxt, noff, p.len + 1)) {
                     return MLS_ERR_NO_MEMORY;
                 }
@@ -426,7 +426,7 @@ static mls_status tok_encode_stretch(tok_enc *e, const char *text, size_t len)
     }
     for (size_t i = 0; i < e->cur.n; i++) {
         tok_piece p = e->cur.v[i];
-        if ((st = tok_bpe_word(e, (const uint8_t *)e->text.buf + p.off, p.len)) != MLS_OK) {
+        if ((st = tok_bpe_word(e, (const uint8_t *)e->text.data + p.off, p.len)) != MLS_OK) {
             return st;
         }
     }

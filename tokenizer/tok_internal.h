@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "mls_buf.h"
 #include "tok.h"
 
 /* ---- arena --------------------------------------------------------------- */
@@ -203,10 +204,9 @@ size_t tok_utf8_valid_prefix(const uint8_t *s, size_t n);
  * subpart). With partial, a trailing sequence that is a valid but unfinished
  * prefix is not decoded; its length goes to *held_p. Returns false on OOM.
  */
-typedef struct {
-    char *buf;
-    size_t len, cap;
-} tok_buf;
+/* common's growable buffer (mls_buf.h); zero-initialised it counts under
+ * MLS_ALLOC_TAG_MISC. Text handed to a caller leaves it by mls_buf_detach. */
+typedef mls_buf tok_buf;
 
 /* Room for n more bytes (and a NUL) without moving the buffer again. */
 bool tok_buf_reserve(tok_buf *b, size_t n);

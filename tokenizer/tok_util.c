@@ -65,48 +65,17 @@ void tok_arena_release(tok_arena *a)
 
 bool tok_buf_reserve(tok_buf *b, size_t n)
 {
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 64;
-        while (cap < b->len + n + 1) {
-            cap *= 2;
-        }
-        char *nb = realloc(b->buf, cap);
-        if (nb == NULL) {
-            return false;
-        }
-        b->buf = nb;
-        b->cap = cap;
-    }
-    return true;
+    return mls_buf_reserve(b, n) == MLS_OK;
 }
 
 bool tok_buf_append(tok_buf *b, const void *p, size_t n)
 {
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 64;
-        while (cap < b->len + n + 1) {
-            cap *= 2;
-        }
-        char *nb = realloc(b->buf, cap);
-        if (nb == NULL) {
-            return false;
-        }
-        b->buf = nb;
-        b->cap = cap;
-    }
-    if (n > 0) {
-        memcpy(b->buf + b->len, p, n);
-    }
-    b->len += n;
-    b->buf[b->len] = '\0';
-    return true;
+    return mls_buf_append(b, p, n) == MLS_OK;
 }
 
 void tok_buf_free(tok_buf *b)
 {
-    free(b->buf);
-    b->buf = NULL;
-    b->len = b->cap = 0;
+    mls_buf_free(b);
 }
 
 void tok_ids_free(tok_ids *v)
@@ -418,13 +387,13 @@ pcre2_code *tok_regex_compile(const char *pattern, size_t len, bool literal, con
         tok_buf_free(&o);
         return NULL;
     }
-    re = pcre2_compile((PCRE2_SPTR)(o.buf ? o.buf : ""), o.len,
+    re = pcre2_compile((PCRE2_SPTR)(o.data ? o.data : ""), o.len,
                        PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0), &ec, &eoff, NULL);
     if (re == NULL) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(ec, msg, sizeof(msg));
         mls_err_set(err, "%s: regex /%.*s/ does not compile (as PCRE2 /%s/ at %zu): %s", what,
-                    (int)len, pattern, o.buf ? o.buf : "", (size_t)eoff, (const char *)msg);
+                    (int)len, pattern, o.data ? o.data : "", (size_t)eoff, (const char *)msg);
     } else {
         (void)pcre2_jit_compile(re, PCRE2_JIT_COMPLETE); /* interpreter when JIT is absent */
     }
