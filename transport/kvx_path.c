@@ -160,8 +160,7 @@ mls_status kvx_req_issue_rows(kvx_req *req, uint32_t layer, uint32_t tok_begin, 
             q++;
         }
         uint32_t run_end = (q + 1) * KVL_PAGE_TOKENS < end ? (q + 1) * KVL_PAGE_TOKENS : end;
-        uint64_t dst_off = (uint64_t)req->page_ids[p] * lay->page_bytes +
-                           (uint64_t)(t % KVL_PAGE_TOKENS) * lay->row_bytes;
+        uint64_t dst_off = kvl_row_offset(lay, req->page_ids, t);
         const uint8_t *src = rows + (size_t)(t - tok_begin) * lay->row_bytes;
         if ((req->ctx->cfg.test_flags & KVX_TEST_CORRUPT_PAYLOAD) && !req->corrupted) {
             src = kvx_corrupt_run(req, src, (size_t)(run_end - t) * lay->row_bytes);

@@ -148,7 +148,7 @@ mls_status kvx_reserve(kvx_ctx *ctx, uint64_t rid, const uint32_t *page_ids, uin
     uint32_t nl = ctx->cfg.n_layers;
     kvx_resv *r = mls_alloc(MLS_ALLOC_TAG_TRANSPORT, sizeof(*r));
     if (r == NULL) {
-        goto err_nomem;
+        goto err;
     }
     r->page_ids = mls_alloc(MLS_ALLOC_TAG_TRANSPORT, sizeof(uint32_t) * n_pages);
     r->n_pages = n_pages;
@@ -159,7 +159,7 @@ mls_status kvx_reserve(kvx_ctx *ctx, uint64_t rid, const uint32_t *page_ids, uin
     if (r->page_ids == NULL || r->layer_bytes == NULL || r->layer_state == NULL ||
         r->layer_hash == NULL || r->want_hash == NULL) {
         kvx_resv_free(ctx, r);
-        goto err_nomem;
+        goto err;
     }
     memcpy(r->page_ids, page_ids, sizeof(uint32_t) * n_pages);
     r->rid = rid;
@@ -177,7 +177,7 @@ mls_status kvx_reserve(kvx_ctx *ctx, uint64_t rid, const uint32_t *page_ids, uin
     ctx->resv_list = r;
     ctx->n_resv++;
     return MLS_OK;
-err_nomem:
+err:
     mls_err_set(err, "kvx_reserve(rid %llu): out of memory", (unsigned long long)rid);
     return MLS_ERR_NO_MEMORY;
 }
@@ -296,7 +296,7 @@ static uint64_t kvx_resv_hash_layer(kvx_ctx *ctx, const kvx_resv *r, uint32_t la
         if (end > r->n_tokens) {
             end = r->n_tokens;
         }
-        const uint8_t *src = ctx->pool_base[layer] + (uint64_t)r->page_ids[p] * lay->page_bytes;
+        const uint8_t *src = ctx->pool_base[layer] + kvl_page_offset(lay, r->page_ids[p]);
         XXH3_64bits_update(&state, src, (size_t)(end - t) * lay->row_bytes);
         t = end;
     }
@@ -536,8 +536,7 @@ static uint8_t *kvx_resv_run_dst(kvx_ctx *ctx, const kvx_resv *r, uint32_t layer
             return NULL;
         }
     }
-    return ctx->pool_base[layer] + (uint64_t)r->page_ids[p0] * lay->page_bytes +
-           (uint64_t)(tok_begin % KVL_PAGE_TOKENS) * lay->row_bytes;
+    return kvl_row_ptr(lay, ctx->pool_base[layer], r->page_ids, tok_begin);
 }
 
 static ucs_status_t kvx_recv_data(kvx_ctx *ctx, kvx_peer *peer, const kvx_msg_rows *m, void *data,
