@@ -1,5 +1,12 @@
 /*
- * node.h - the mlaserve node daemon: prefill, decode or colocated role.
+ * node.h - the mlaserve node runtime: what every node role shares.
+ *
+ * node/ owns the process around a role: the router link (dial, register,
+ * load reports, reconnect), the job registry, the lifecycle (signals, drain),
+ * /metrics and /health, and the compute thread with its two queues. It knows
+ * no role: a role (prefill_node/, decode_node/) plugs in through the table in
+ * node_role.h. node/ may include common/, http/, proto/, transport/ and
+ * engine/; never router/, prefill_node/ or decode_node/.
  *
  * One process = one engine (model + KV pool + compute thread) + one libuv
  * control loop that owns every socket: the protobuf connection to the router,
@@ -17,8 +24,9 @@
  *              layer's rows are shipped to the decode node's pages -> first
  *              token sampled -> FirstToken -> transport completion (checksums)
  *              -> local pages freed; a transfer failure -> Error.
- *   colocated  PrefillRequest without a decode node: prefill into the node's
- *              own pool, FirstToken, then decode locally as above.
+ *   colocated  the two roles composed: PrefillRequest without a decode node
+ *              prefills into the node's own pool, FirstToken, then the decode
+ *              role continues it in its batch.
  * Cancel frees a request's pages and slots at once, in any state. Sampling is
  * seeded per completion index, so a request re-prefilled elsewhere after a
  * failure draws the same tokens.
@@ -53,14 +61,34 @@ typedef struct {
     uint32_t max_batch;           /* sequences decoded together at most */
     int32_t prefill_chunk;        /* tokens per prefill chunk */
     const char *kvx_path;         /* "auto" | "rma" | "am" */
+    const char *device;           /* "cpu" | "cuda" */
 } mls_node_config;
+
+typedef struct node_role_ops node_role_ops; /* node_role.h */
+
+/* The role implementations a daemon is built with (either may be NULL when
+ * the binary does not offer that role). Colocated uses both. */
+typedef struct {
+    const node_role_ops *prefill;
+    const node_role_ops *decode;
+} mls_node_roles;
 
 void mls_node_config_default(mls_node_config *cfg);
 
-/* Run the node until SIGINT/SIGTERM. Returns the process exit status. */
-int mls_node_main(const mls_node_config *cfg);
+/* "prefill" / "decode" / "colocated". */
+const char *mls_node_role_name(mls_node_role role);
 
-/* The CLI shared by mlaserve-prefill / mlaserve-decode. */
-int mls_node_cli(int argc, char **argv, mls_node_role default_role);
+/* Run the node until SIGINT/SIGTERM. Returns the process exit status. */
+int mls_node_main(const mls_node_config *cfg, const mls_node_roles *roles);
+
+/*
+ * Parse a daemon's command line into *cfg_p (defaults first). Returns -1 when
+ * the node should run, else the exit status (0 after --help, 2 on a bad flag,
+ * with the reason on stderr).
+ */
+int mls_node_parse_args(int argc, char **argv, mls_node_role default_role, mls_node_config *cfg_p);
+
+/* The CLI shared by mlaserve-prefill / mlaserve-decode: parse, then run. */
+int mls_node_cli(int argc, char **argv, mls_node_role default_role, const mls_node_roles *roles);
 
 #endif

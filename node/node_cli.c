@@ -1,0 +1,137 @@
+/*
+ * node_cli.c - the command line every node daemon shares (mlaserve-prefill,
+ * mlaserve-decode): flags into an mls_node_config, then run.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "node.h"
+
+static void node_usage(FILE *out, mls_node_role role)
+{
+    const char *name = mls_node_role_name(role);
+
+    fprintf(out,
+            "usage: mlaserve-%s --model DIR [options]\n"
+            "\n"
+            "A %s node of an mlaserve cluster: loads the model, dials the router and\n"
+            "serves what it is sent until SIGINT/SIGTERM.\n"
+            "\n"
+            "  --model DIR          checkpoint directory (config.json + safetensors)\n"
+            "  --model-name NAME    served model id (default: the directory's name)\n"
+            "  --router HOST:PORT   the router's node port (default 127.0.0.1:7100)\n"
+            "  --role R             prefill | decode | colocated (default %s)\n"
+            "  --node-id ID         name in the router's registry (default role-host-pid)\n"
+            "  --listen HOST        address for the KV transport and /metrics (default 127.0.0.1)\n"
+            "  --metrics-port P     /metrics and /health port (default: any free port)\n"
+            "  --device D           cpu | cuda: where the model runs (default cpu)\n"
+            "  --kv-dtype D         f32 | bf16 | fp8 latent KV (default bf16)\n"
+            "  --kv-pages N         KV pool pages (64 tokens each; default 512)\n"
+            "  --max-batch N        sequences decoded together at most (default 64)\n"
+            "  --threads N          compute threads (default: all cores)\n"
+            "  --prefill-chunk N    prefill chunk in tokens (default 256)\n"
+            "  --kvx-path P         KV transfer path: auto | rma | am (default auto)\n",
+            name, name, name);
+}
+
+static int node_parse_router(const char *arg, mls_node_config *cfg)
+{
+    static char router_host[64];
+    const char *colon = strrchr(arg, ':');
+
+    if (colon == NULL || colon == arg || (size_t)(colon - arg) >= sizeof(router_host)) {
+        fprintf(stderr, "--router wants HOST:PORT\n");
+        return 2;
+    }
+    memcpy(router_host, arg, (size_t)(colon - arg));
+    router_host[colon - arg] = '\0';
+    cfg->router_host = router_host;
+    cfg->router_port = atoi(colon + 1);
+    return -1;
+}
+
+static int node_parse_role(const char *arg, mls_node_config *cfg)
+{
+    static const mls_node_role all[] = {MLS_NODE_ROLE_PREFILL, MLS_NODE_ROLE_DECODE, MLS_NODE_ROLE_COLOCATED};
+
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+        if (strcmp(arg, mls_node_role_name(all[i])) == 0) {
+            cfg->role = all[i];
+            return -1;
+        }
+    }
+    fprintf(stderr, "--role must be prefill, decode or colocated\n");
+    return 2;
+}
+
+int mls_node_parse_args(int argc, char **argv, mls_node_role default_role, mls_node_config *cfg)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, NULL, 'm'},     {"model-name", required_argument, NULL, 'N'},
+        {"router", required_argument, NULL, 'r'},    {"role", required_argument, NULL, 'R'},
+        {"node-id", required_argument, NULL, 'i'},   {"listen", required_argument, NULL, 'l'},
+        {"metrics-port", required_argument, NULL, 'p'}, {"kv-dtype", required_argument, NULL, 'k'},
+        {"kv-pages", required_argument, NULL, 'P'},  {"max-batch", required_argument, NULL, 'b'},
+        {"threads", required_argument, NULL, 'j'},   {"prefill-chunk", required_argument, NULL, 'c'},
+        {"kvx-path", required_argument, NULL, 'x'},  {"device", required_argument, NULL, 'd'},
+        {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0}};
+    int c, rc = -1;
+
+    mls_node_config_default(cfg);
+    cfg->role = default_role;
+    optind = 1;
+    while (rc < 0 && (c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': cfg->model_dir = optarg; break;
+        case 'N': cfg->model_name = optarg; break;
+        case 'r': rc = node_parse_router(optarg, cfg); break;
+        case 'R': rc = node_parse_role(optarg, cfg); break;
+        case 'i': cfg->node_id = optarg; break;
+        case 'l': cfg->listen_host = optarg; break;
+        case 'p': cfg->metrics_port = atoi(optarg); break;
+        case 'k':
+            if (kvl_dtype_parse(optarg, &cfg->kv_dtype) != MLS_OK) {
+                fprintf(stderr, "--kv-dtype must be f32, bf16 or fp8\n");
+                rc = 2;
+            }
+            break;
+        case 'P': cfg->kv_pages = (uint32_t)strtoul(optarg, NULL, 10); break;
+        case 'b': cfg->max_batch = (uint32_t)strtoul(optarg, NULL, 10); break;
+        case 'j': cfg->threads = atoi(optarg); break;
+        case 'c': cfg->prefill_chunk = atoi(optarg); break;
+        case 'x': cfg->kvx_path = optarg; break;
+        case 'd':
+            if (strcmp(optarg, "cpu") != 0 && strcmp(optarg, "cuda") != 0) {
+                fprintf(stderr, "--device must be cpu or cuda\n");
+                rc = 2;
+            }
+            cfg->device = optarg;
+            break;
+        case 'h': node_usage(stdout, default_role); return 0;
+        default: node_usage(stderr, default_role); return 2;
+        }
+    }
+    if (rc >= 0) {
+        return rc;
+    }
+    if (cfg->model_dir == NULL) {
+        fprintf(stderr, "--model is required\n");
+        node_usage(stderr, default_role);
+        return 2;
+    }
+    if (cfg->kv_pages == 0 || cfg->max_batch == 0 || cfg->max_batch > 1024 || cfg->router_port <= 0) {
+        fprintf(stderr, "--kv-pages, --max-batch (1..1024) and --router need sensible values\n");
+        return 2;
+    }
+    return -1;
+}
+
+int mls_node_cli(int argc, char **argv, mls_node_role default_role, const mls_node_roles *roles)
+{
+    mls_node_config cfg;
+    int rc = mls_node_parse_args(argc, argv, default_role, &cfg);
+
+    return rc >= 0 ? rc : mls_node_main(&cfg, roles);
+}
