@@ -87,28 +87,9 @@ void kcu_arena_destroy(kcu_arena *arena); /* accepts a zeroed arena */
 mls_status kcu_arena_carve(kcu_arena *arena, size_t bytes, size_t align, void **ptr_p,
                            mls_err *err);
 
-/*
- * The paged latent KV pool in device memory: one allocation carved into
- * n_layers pools of n_pages pages (layout->page_bytes each). Page p of layer
- * l starts at kcu_kv_pool_layer(pool, l) + p * layout.page_bytes, exactly as
- * the host pool (engine/eng_kv_pool.c), so page ids and transfers agree.
- */
-typedef struct {
-    kvl_layout layout;
-    int32_t n_layers;
-    uint32_t n_pages;
-    uint64_t layer_bytes;   /* n_pages * layout.page_bytes, rounded up to 256 */
-    uint8_t *base;          /* device, n_layers * layer_bytes */
-} kcu_kv_pool;
-
-mls_status kcu_kv_pool_create(const kvl_layout *layout, int32_t n_layers, uint32_t n_pages,
-                              kcu_kv_pool *pool_p, mls_err *err);
-void kcu_kv_pool_destroy(kcu_kv_pool *pool); /* accepts a zeroed pool */
-
-static inline uint8_t *kcu_kv_pool_layer(const kcu_kv_pool *pool, int32_t layer)
-{
-    return pool->base + (uint64_t)layer * pool->layer_bytes;
-}
+/* The paged latent KV pool in device memory is the engine's pool
+ * (eng_kv_pool_create_opts with ENG_DEVICE_CUDA): its layer memory comes
+ * from kcu_malloc through the engine's CUDA backend table. */
 
 /* ---- weights -------------------------------------------------------------------- */
 

@@ -1,7 +1,7 @@
 /*
  * kcu_ctx.cu - the CUDA context (device, stream, cuBLAS/cuBLASLt handles),
  * error mapping, and the device memory helpers: plain allocations, pinned
- * host staging buffers, arenas and the paged KV pool.
+ * host staging buffers and arenas.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -309,41 +309,4 @@ mls_status kcu_arena_carve(kcu_arena *arena, size_t bytes, size_t align, void **
     *ptr_p = arena->base + off;
     arena->used = off + bytes;
     return MLS_OK;
-}
-
-/* ---- KV pool ----------------------------------------------------------------------- */
-
-mls_status kcu_kv_pool_create(const kvl_layout *layout, int32_t n_layers, uint32_t n_pages,
-                              kcu_kv_pool *pool_p, mls_err *err)
-{
-    kcu_kv_pool pool;
-    void *p = NULL;
-    mls_status st;
-
-    KCU_CHECK_ARG(layout != NULL && pool_p != NULL, err, "kcu_kv_pool_create: NULL argument");
-    KCU_CHECK_ARG(layout->version == KVL_VERSION && layout->page_bytes > 0, err,
-                  "kcu_kv_pool_create: layout version %u, page_bytes %llu", layout->version,
-                  (unsigned long long)layout->page_bytes);
-    KCU_CHECK_ARG(n_layers > 0 && n_pages > 0, err, "kcu_kv_pool_create: %d layers, %u pages",
-                  n_layers, n_pages);
-    memset(&pool, 0, sizeof(pool));
-    pool.layout = *layout;
-    pool.n_layers = n_layers;
-    pool.n_pages = n_pages;
-    pool.layer_bytes = ((uint64_t)n_pages * layout->page_bytes + 255u) & ~(uint64_t)255u;
-    st = kcu_malloc((size_t)(pool.layer_bytes * (uint64_t)n_layers), &p, err);
-    if (st != MLS_OK) {
-        return st;
-    }
-    pool.base = (uint8_t *)p;
-    *pool_p = pool;
-    return MLS_OK;
-}
-
-void kcu_kv_pool_destroy(kcu_kv_pool *pool)
-{
-    if (pool != NULL) {
-        kcu_free(pool->base);
-        memset(pool, 0, sizeof(*pool));
-    }
 }
