@@ -37,6 +37,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "engine.h"
 #include "mls_kv_layout.h"
 #include "mls_status.h"
 
@@ -61,7 +62,7 @@ typedef struct {
     uint32_t max_batch;           /* sequences decoded together at most */
     int32_t prefill_chunk;        /* tokens per prefill chunk */
     const char *kvx_path;         /* "auto" | "rma" | "am" */
-    const char *device;           /* "cpu" | "cuda" */
+    eng_device device;            /* where the model runs and the KV pool lives */
 } mls_node_config;
 
 typedef struct node_role_ops node_role_ops; /* node_role.h */

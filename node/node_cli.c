@@ -77,6 +77,7 @@ int mls_node_parse_args(int argc, char **argv, mls_node_role default_role, mls_n
         {"threads", required_argument, NULL, 'j'},   {"prefill-chunk", required_argument, NULL, 'c'},
         {"kvx-path", required_argument, NULL, 'x'},  {"device", required_argument, NULL, 'd'},
         {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0}};
+    mls_err err = {{0}};
     int c, rc = -1;
 
     mls_node_config_default(cfg);
@@ -103,11 +104,10 @@ int mls_node_parse_args(int argc, char **argv, mls_node_role default_role, mls_n
         case 'c': cfg->prefill_chunk = atoi(optarg); break;
         case 'x': cfg->kvx_path = optarg; break;
         case 'd':
-            if (strcmp(optarg, "cpu") != 0 && strcmp(optarg, "cuda") != 0) {
+            if (eng_device_parse(optarg, &cfg->device) != MLS_OK) {
                 fprintf(stderr, "--device must be cpu or cuda\n");
                 rc = 2;
             }
-            cfg->device = optarg;
             break;
         case 'h': node_usage(stdout, default_role); return 0;
         default: node_usage(stderr, default_role); return 2;
@@ -123,6 +123,10 @@ int mls_node_parse_args(int argc, char **argv, mls_node_role default_role, mls_n
     }
     if (cfg->kv_pages == 0 || cfg->max_batch == 0 || cfg->max_batch > 1024 || cfg->router_port <= 0) {
         fprintf(stderr, "--kv-pages, --max-batch (1..1024) and --router need sensible values\n");
+        return 2;
+    }
+    if (eng_device_check(cfg->device, 0, &err) != MLS_OK) { /* before a model is loaded */
+        fprintf(stderr, "--device %s: %s\n", eng_device_name(cfg->device), err.msg);
         return 2;
     }
     return -1;

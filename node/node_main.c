@@ -28,7 +28,7 @@ void mls_node_config_default(mls_node_config *cfg)
     cfg->max_batch = 64;
     cfg->prefill_chunk = 256;
     cfg->kvx_path = "auto";
-    cfg->device = "cpu";
+    cfg->device = ENG_DEVICE_CPU;
 }
 
 const char *mls_node_role_name(mls_node_role role)
@@ -147,14 +147,18 @@ static mls_status node_setup_engine(mls_node *n, mls_err *err)
             return st;
         }
     }
-    if (n->pool == NULL &&
-        (st = eng_kv_pool_create(&n->layout, (int32_t)n_layers, n->cfg.kv_pages, &n->pool)) != MLS_OK) {
-        mls_err_set(err, "cannot create a KV pool of %u pages: %s", n->cfg.kv_pages, mls_status_message(st));
-        return st;
+    if (n->pool == NULL) {
+        eng_kv_pool_opts po = {.device = n->cfg.device};
+        if ((st = eng_kv_pool_create_opts(&n->layout, (int32_t)n_layers, n->cfg.kv_pages, &po, &n->pool, err)) !=
+            MLS_OK) {
+            return st;
+        }
     }
-    if ((st = eng_ctx_create(n->model, n->pool, n->cfg.threads, &n->ctx)) != MLS_OK) {
-        mls_err_set(err, "cannot create the compute context: %s", mls_status_message(st));
-        return st;
+    {
+        eng_ctx_opts co = {.n_threads = n->cfg.threads, .device = n->cfg.device};
+        if ((st = eng_ctx_create_opts(n->model, n->pool, &co, &n->ctx, err)) != MLS_OK) {
+            return st;
+        }
     }
     eng_ctx_set_chunk(n->ctx, n->cfg.prefill_chunk);
     return MLS_OK;

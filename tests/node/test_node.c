@@ -7,7 +7,8 @@
  * itself), load reports, reconnect after the router connection drops, the
  * compute thread's event queue (tokens arrive in order, then Finish, and
  * pages return), Cancel, drain on SIGTERM, refusal of another role's message,
- * and /metrics in the router's vocabulary.
+ * /metrics in the router's vocabulary, and --device cuda refused clearly where
+ * the model cannot run on CUDA.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -393,6 +394,34 @@ static void test_drain_on_sigterm(void)
     tn_stop_node();
 }
 
+/* --device cuda where the model cannot run on CUDA (no CUDA build, no device,
+ * or the forward pass not on CUDA yet): one clear error, a failed exit, and no
+ * registration. */
+static void test_device_cuda_refused(void)
+{
+    char cmd[1024], log[300], text[4096] = "";
+    size_t len;
+    FILE *f;
+    int rc;
+
+    snprintf(log, sizeof(log), "%s.device.log", tn.model);
+    snprintf(cmd, sizeof(cmd), "%s/mlaserve-decode --model %s --router 127.0.0.1:%d --device cuda 2>%s",
+             MLS_BIN_DIR, tn.model, tn.port, log);
+    tn.n_registers = 0;
+    rc = system(cmd);
+    CHECK(rc != -1 && WIFEXITED(rc) && WEXITSTATUS(rc) != 0);
+    f = fopen(log, "r");
+    CHECK(f != NULL);
+    if (f != NULL) {
+        len = fread(text, 1, sizeof(text) - 1, f);
+        text[len] = '\0';
+        fclose(f);
+    }
+    CHECK_MSG(strstr(text, "CUDA") != NULL || strstr(text, "cuda") != NULL, "stderr: %s", text);
+    CHECK_EQ_INT(tn.n_registers, 0);
+    unlink(log);
+}
+
 int main(void)
 {
     char cmd[600];
@@ -416,6 +445,7 @@ int main(void)
     MLS_TEST_RUN(test_event_queue_order);
     MLS_TEST_RUN(test_cancel);
     MLS_TEST_RUN(test_drain_on_sigterm);
+    MLS_TEST_RUN(test_device_cuda_refused);
     tn_stop_node();
     snprintf(cmd, sizeof(cmd), "rm -rf %s", tn.model);
     if (system(cmd) != 0) {
