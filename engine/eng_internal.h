@@ -62,8 +62,8 @@ struct eng_kv_pool {
     uint32_t n_pages;
     uint8_t **layer_base;      /* [n_layers] each n_pages * page_bytes */
     bool owns_memory;          /* false: layer memory belongs to the caller */
-    const eng_backend_ops *mem; /* allocated layer memory (owns_memory); NULL: the caller's */
-    eng_device device;         /* where layer memory lives (external: the host) */
+    const eng_backend_ops *mem; /* allocated layer memory (owns_memory) */
+    eng_device device;         /* where layer memory lives */
     uint64_t layer_bytes;
     pthread_mutex_t lock;
     uint32_t *free_list;       /* [n_pages] stack of free page ids */

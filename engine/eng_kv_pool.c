@@ -12,10 +12,11 @@
 #include "mls_alloc.h"
 #include "mls_log.h"
 
-/* Layer memory from mem (a backend's allocator), or bases (the caller's) when mem is NULL. */
+/* Layer memory on `device`: bases (the caller's), or from mem (that device's
+ * backend) when bases is NULL. */
 static mls_status eng_kv_pool_new(const kvl_layout *layout, int32_t n_layers, uint32_t n_pages,
-                                  const eng_backend_ops *mem, uint8_t *const *bases,
-                                  eng_kv_pool **pool_p, mls_err *err)
+                                  eng_device device, const eng_backend_ops *mem,
+                                  uint8_t *const *bases, eng_kv_pool **pool_p, mls_err *err)
 {
     mls_status st = MLS_ERR_NO_MEMORY;
     eng_kv_pool *pool;
@@ -40,7 +41,7 @@ static mls_status eng_kv_pool_new(const kvl_layout *layout, int32_t n_layers, ui
     }
     pool->owns_memory = bases == NULL;
     pool->mem = mem;
-    pool->device = mem != NULL ? mem->device : ENG_DEVICE_CPU;
+    pool->device = device;
     for (l = 0; l < n_layers; l++) {
         void *base = NULL;
         if (bases != NULL) {
@@ -76,14 +77,15 @@ err_free_tables:
 mls_status eng_kv_pool_create(const kvl_layout *layout, int32_t n_layers, uint32_t n_pages,
                               eng_kv_pool **pool_p)
 {
-    return eng_kv_pool_new(layout, n_layers, n_pages, &eng_backend_cpu, NULL, pool_p, NULL);
+    return eng_kv_pool_new(layout, n_layers, n_pages, ENG_DEVICE_CPU, &eng_backend_cpu, NULL,
+                           pool_p, NULL);
 }
 
 mls_status eng_kv_pool_create_opts(const kvl_layout *layout, int32_t n_layers, uint32_t n_pages,
                                    const eng_kv_pool_opts *opts, eng_kv_pool **pool_p,
                                    mls_err *err)
 {
-    eng_kv_pool_opts host = {ENG_DEVICE_CPU, 0};
+    eng_kv_pool_opts host = {ENG_DEVICE_CPU, 0, NULL};
     const eng_backend_ops *mem;
     mls_status st;
 
@@ -94,7 +96,7 @@ mls_status eng_kv_pool_create_opts(const kvl_layout *layout, int32_t n_layers, u
         (st = eng_backend_get(opts->device, &mem, err)) != MLS_OK) {
         return st;
     }
-    return eng_kv_pool_new(layout, n_layers, n_pages, mem, NULL, pool_p, err);
+    return eng_kv_pool_new(layout, n_layers, n_pages, opts->device, mem, opts->bases, pool_p, err);
 }
 
 mls_status eng_kv_pool_create_external(const kvl_layout *layout, int32_t n_layers, uint32_t n_pages,
@@ -103,7 +105,7 @@ mls_status eng_kv_pool_create_external(const kvl_layout *layout, int32_t n_layer
     if (bases == NULL) {
         return MLS_ERR_INVALID_ARG;
     }
-    return eng_kv_pool_new(layout, n_layers, n_pages, NULL, bases, pool_p, NULL);
+    return eng_kv_pool_new(layout, n_layers, n_pages, ENG_DEVICE_CPU, NULL, bases, pool_p, NULL);
 }
 
 eng_device eng_kv_pool_device(const eng_kv_pool *pool)

@@ -84,11 +84,15 @@ mls_status eng_kv_pool_create(const kvl_layout *layout, int32_t n_layers, uint32
 mls_status eng_kv_pool_create_external(const kvl_layout *layout, int32_t n_layers, uint32_t n_pages,
                                        uint8_t *const *bases, eng_kv_pool **pool_p);
 /* Where the pages live: opts->device's memory (ENG_DEVICE_CUDA: device
- * memory, allocated by the CUDA backend), device ordinal opts->index. opts
- * NULL: host, as eng_kv_pool_create. Errors as eng_device_check's, in *err. */
+ * memory, allocated by the CUDA backend), device ordinal opts->index; or,
+ * with opts->bases, caller-owned layer memory on that device (as
+ * eng_kv_pool_create_external: e.g. KVX_MEM_CUDA memory the transport
+ * registered). opts NULL: host, as eng_kv_pool_create. Errors as
+ * eng_device_check's, in *err. */
 typedef struct {
     eng_device device;
     int index;
+    uint8_t *const *bases;  /* [n_layers] n_pages * page_bytes each, or NULL: the pool allocates */
 } eng_kv_pool_opts;
 
 mls_status eng_kv_pool_create_opts(const kvl_layout *layout, int32_t n_layers, uint32_t n_pages,

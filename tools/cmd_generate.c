@@ -4,7 +4,9 @@
  * Prefills the prompt, then decodes one token at a time with the paged latent
  * KV cache, printing the generated ids (comma-separated) on stdout and the
  * prefill/decode speed on stderr. --dump writes the logits for exact
- * comparisons (prefill_logits, ids, decode_logits) as safetensors.
+ * comparisons (prefill_logits, ids, decode_logits) as safetensors. --device
+ * picks the backend; a device this build or machine lacks is refused before
+ * the model is loaded (exit 2, one line).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -26,6 +28,7 @@ typedef struct {
     eng_sampling sampling;
     uint64_t seed;
     kvl_dtype kv_dtype;
+    eng_device device;
     int threads;
     int32_t chunk;
     bool ignore_eos;
@@ -36,7 +39,7 @@ static void gen_usage(FILE *out)
     fprintf(out,
             "usage: mlaserve generate --model DIR --prompt-ids 5,17,42 [options]\n"
             "\n"
-            "Run a DeepSeek-V2/V3-family checkpoint (Hugging Face layout) on the CPU.\n"
+            "Run a DeepSeek-V2/V3-family checkpoint (Hugging Face layout).\n"
             "Prints the generated token ids on stdout, speed on stderr.\n"
             "\n"
             "  --model DIR          checkpoint directory (config.json + safetensors)\n"
@@ -49,6 +52,8 @@ static void gen_usage(FILE *out)
             "  --seed S             sampling seed (default 0)\n"
             "  --ignore-eos         keep generating after the model's eos token\n"
             "  --kv-dtype D         latent KV cache: f32, bf16 (default) or fp8\n"
+            "  --device D           cpu (default) or cuda (needs a CUDA build and a GPU;\n"
+            "                       fails at once, exit 2, where either is missing)\n"
             "  --threads N          compute threads (default: all cores)\n"
             "  --chunk N            prefill chunk in tokens (default 256)\n"
             "  --dump FILE          write prefill_logits [T,vocab], ids [n] and\n"
@@ -95,7 +100,7 @@ static mls_status gen_parse_ids(const char *list, int32_t **ids_p, int32_t *n_p)
 
 static int gen_parse_args(int argc, char **argv, gen_args *a)
 {
-    enum { OPT_GREEDY = 256, OPT_IGNORE_EOS };
+    enum { OPT_GREEDY = 256, OPT_IGNORE_EOS, OPT_DEVICE };
     static const struct option opts[] = {
         {"model", required_argument, NULL, 'm'},      {"prompt-ids", required_argument, NULL, 'p'},
         {"max-tokens", required_argument, NULL, 'n'}, {"greedy", no_argument, NULL, OPT_GREEDY},
@@ -104,6 +109,7 @@ static int gen_parse_args(int argc, char **argv, gen_args *a)
         {"kv-dtype", required_argument, NULL, 'k'},   {"threads", required_argument, NULL, 'j'},
         {"chunk", required_argument, NULL, 'c'},      {"dump", required_argument, NULL, 'd'},
         {"ignore-eos", no_argument, NULL, OPT_IGNORE_EOS}, {"help", no_argument, NULL, 'h'},
+        {"device", required_argument, NULL, OPT_DEVICE},
         {NULL, 0, NULL, 0}};
     int c;
 
@@ -133,6 +139,12 @@ static int gen_parse_args(int argc, char **argv, gen_args *a)
                 return 2;
             }
             break;
+        case OPT_DEVICE:
+            if (eng_device_parse(optarg, &a->device) != MLS_OK) {
+                fprintf(stderr, "generate: --device must be cpu or cuda, not '%s'\n", optarg);
+                return 2;
+            }
+            break;
         case 'h': gen_usage(stdout); return 0;
         default: gen_usage(stderr); return 2;
         }
@@ -146,6 +158,13 @@ static int gen_parse_args(int argc, char **argv, gen_args *a)
         a->sampling.top_p > 1 || a->sampling.top_k < 0 || a->chunk < 1) {
         fprintf(stderr, "generate: invalid --max-tokens/--temperature/--top-p/--top-k/--chunk\n");
         return 2;
+    }
+    {
+        mls_err err = {{0}};
+        if (eng_device_check(a->device, 0, &err) != MLS_OK) {
+            fprintf(stderr, "generate: --device %s: %s\n", eng_device_name(a->device), err.msg);
+            return 2;
+        }
     }
     return -1;
 }
@@ -216,12 +235,21 @@ int mls_cmd_generate(int argc, char **argv)
     {
         int32_t total = n_prompt + a.max_tokens;
         uint32_t pages = (uint32_t)((total + KVL_PAGE_TOKENS - 1) / KVL_PAGE_TOKENS);
+        eng_kv_pool_opts pool_opts = {.device = a.device};
+        eng_ctx_opts ctx_opts = {.n_threads = a.threads, .device = a.device};
         if ((st = kvl_layout_init(a.kv_dtype, (uint32_t)c->kv_lora_rank,
                                   (uint32_t)c->qk_rope_head_dim, eng_model_fingerprint(model),
-                                  &layout)) ||
-            (st = eng_kv_pool_create(&layout, c->num_hidden_layers, pages, &pool)) ||
-            (st = eng_ctx_create(model, pool, a.threads, &ctx)) ||
-            (st = eng_seq_reserve(&seq, pool, total))) {
+                                  &layout)) != MLS_OK) {
+            fprintf(stderr, "generate: KV layout: %s\n", mls_status_message(st));
+            goto out;
+        }
+        if ((st = eng_kv_pool_create_opts(&layout, c->num_hidden_layers, pages, &pool_opts, &pool,
+                                          &err)) ||
+            (st = eng_ctx_create_opts(model, pool, &ctx_opts, &ctx, &err))) {
+            fprintf(stderr, "generate: %s (%s)\n", err.msg, mls_status_name(st));
+            goto out;
+        }
+        if ((st = eng_seq_reserve(&seq, pool, total)) != MLS_OK) {
             fprintf(stderr, "generate: cannot set up the KV cache: %s\n", mls_status_message(st));
             goto out;
         }
