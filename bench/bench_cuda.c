@@ -39,28 +39,28 @@ static bench_stat bench_copy(kcu_ctx *ctx, int reps, mls_err *err, mls_status *s
 
     *st_p = kcu_malloc(bytes, &src, err);
     if (*st_p != MLS_OK || (*st_p = kcu_malloc(bytes, &dst, err)) != MLS_OK) {
-        goto done;
+        goto out_free;
     }
     if ((*st_p = kcu_memset(ctx, src, 0x5a, bytes, err)) != MLS_OK ||
         (*st_p = kcu_memcpy_d2d(ctx, dst, src, bytes, err)) != MLS_OK ||
         (*st_p = kcu_ctx_sync(ctx, err)) != MLS_OK) {
-        goto done;
+        goto out_free;
     }
     for (int r = 0; r < reps; r++) {
         const int iters = 4;
         double t0 = mls_now_s();
         for (int i = 0; i < iters; i++) {
             if ((*st_p = kcu_memcpy_d2d(ctx, dst, src, bytes, err)) != MLS_OK) {
-                goto done;
+                goto out_free;
             }
         }
         if ((*st_p = kcu_ctx_sync(ctx, err)) != MLS_OK) {
-            goto done;
+            goto out_free;
         }
         bw[r] = 2.0 * (double)bytes * iters / (mls_now_s() - t0);
     }
     s = bench_stat_of(bw, reps);
-done:
+out_free:
     kcu_free(dst);
     kcu_free(src);
     return s;
@@ -107,7 +107,7 @@ static mls_status bench_mla_one(kcu_ctx *ctx, uint8_t *pool, size_t pool_bytes, 
     lens = malloc((size_t)B * sizeof(int32_t));
     if (table == NULL || lens == NULL) {
         st = MLS_ERR_NO_MEMORY;
-        goto done;
+        goto out_free;
     }
     for (uint64_t i = 0; i < copies * pages_per_copy; i++) {
         table[i] = (uint32_t)i;
@@ -126,7 +126,7 @@ static mls_status bench_mla_one(kcu_ctx *ctx, uint8_t *pool, size_t pool_bytes, 
         (st = kcu_memcpy_h2d(ctx, d_lens, lens, (size_t)B * sizeof(int32_t), err)) != MLS_OK ||
         (st = kcu_memset(ctx, d_q, 0x3c, rows * R * sizeof(float), err)) != MLS_OK ||
         (st = kcu_memset(ctx, d_qr, 0x3c, rows * D * sizeof(float), err)) != MLS_OK) {
-        goto done;
+        goto out_free;
     }
     kcu_mla_params p = {
         .layout = &l, .kv_base = pool, .n_seqs = B, .n_q = 1, .n_heads = H,
@@ -136,13 +136,13 @@ static mls_status bench_mla_one(kcu_ctx *ctx, uint8_t *pool, size_t pool_bytes, 
     };
     if ((st = kcu_mla_plan_make(ctx, &p, &plan, err)) != MLS_OK ||
         (st = kcu_malloc(plan.workspace_bytes, &d_ws, err)) != MLS_OK) {
-        goto done;
+        goto out_free;
     }
     /* warm up, and size a rep to >= 2 ms */
     double t0 = mls_now_s();
     if ((st = kcu_mla_decode(ctx, &p, &plan, d_ws, plan.workspace_bytes, err)) != MLS_OK ||
         (st = kcu_ctx_sync(ctx, err)) != MLS_OK) {
-        goto done;
+        goto out_free;
     }
     double one = mls_now_s() - t0;
     int iters = one > 0 ? (int)(2e-3 / one) + 1 : 1;
@@ -152,11 +152,11 @@ static mls_status bench_mla_one(kcu_ctx *ctx, uint8_t *pool, size_t pool_bytes, 
         for (int i = 0; i < iters; i++) {
             p.page_table = (const uint32_t *)d_table + ((uint64_t)(r * iters + i) % copies) * pages_per_copy;
             if ((st = kcu_mla_decode(ctx, &p, &plan, d_ws, plan.workspace_bytes, err)) != MLS_OK) {
-                goto done;
+                goto out_free;
             }
         }
         if ((st = kcu_ctx_sync(ctx, err)) != MLS_OK) {
-            goto done;
+            goto out_free;
         }
         double dt = (mls_now_s() - t0) / iters;
         double bytes = (double)kv_bytes + (double)rows * (R + D) * 4 + (double)rows * R * 4;
@@ -172,7 +172,7 @@ static mls_status bench_mla_one(kcu_ctx *ctx, uint8_t *pool, size_t pool_bytes, 
     res->ratio = copy_med > 0 ? res->gbs.med / copy_med : 0;
     res->block_rows = plan.block_rows;
     res->parts = plan.n_parts;
-done:
+out_free:
     kcu_free(d_ws);
     kcu_free(d_out);
     kcu_free(d_qr);

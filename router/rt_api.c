@@ -104,44 +104,44 @@ static void rt_api_generate(rt_router *rt, mls_http_req *req, mls_oai_kind kind)
     if (ctx_limit == 0) {
         mls_oai_error_set(&e, 503, NULL, "unavailable", "no decode capacity: no live decode or colocated node");
         e.retry_after_s = 1;
-        goto refuse;
+        goto err_free_request;
     }
     if (rt->n_outstanding >= rt->max_outstanding) {
         mls_oai_error_set(&e, 429, NULL, "rate_limited", "the cluster is saturated (%u requests in flight); retry later",
                           rt->n_outstanding);
         e.retry_after_s = 1;
-        goto refuse;
+        goto err_free_request;
     }
     if (rt_tokenize(rt, o, &ids, &e) != MLS_OK) {
-        goto refuse;
+        goto err_free_request;
     }
     if (ids.n == 0) {
         mls_oai_error_set(&e, 400, "prompt", NULL, "the prompt is empty");
-        goto refuse;
+        goto err_free_request;
     }
     for (size_t i = 0; i < ids.n; i++) {
         if (ids.ids[i] < 0 || ids.ids[i] >= tok_vocab_size(rt->tok)) {
             mls_oai_error_set(&e, 400, "prompt", NULL, "token id %d is outside the vocabulary", ids.ids[i]);
-            goto refuse;
+            goto err_free_request;
         }
     }
     if (ids.n >= ctx_limit) {
         mls_oai_error_set(&e, 400, kind == MLS_OAI_KIND_CHAT ? "messages" : "prompt", "context_length_exceeded",
                           "the prompt has %zu tokens; this cluster's context is %u tokens", ids.n, ctx_limit);
-        goto refuse;
+        goto err_free_request;
     }
     if (o->max_tokens >= 0 && (uint64_t)ids.n + (uint64_t)o->max_tokens > ctx_limit) {
         mls_oai_error_set(&e, 400, "max_tokens", "context_length_exceeded",
                           "prompt (%zu tokens) + max_tokens (%lld) exceeds the context of %u tokens", ids.n,
                           (long long)o->max_tokens, ctx_limit);
-        goto refuse;
+        goto err_free_request;
     }
     r = calloc(1, sizeof(*r));
     if (r == NULL || tok_detok_create(rt->tok, true, &r->detok, &err) != MLS_OK) {
         mls_oai_error_set(&e, 500, NULL, NULL, "out of memory");
         free(r);
         r = NULL;
-        goto refuse;
+        goto err_free_request;
     }
     r->rt = rt;
     r->http = req;
@@ -179,7 +179,7 @@ static void rt_api_generate(rt_router *rt, mls_http_req *req, mls_oai_kind kind)
     rt_request_start(r);
     return;
 
-refuse:
+err_free_request:
     tok_ids_free(&ids);
     mls_oai_request_free(o);
     rt_api_error(req, &e);

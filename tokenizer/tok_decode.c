@@ -42,23 +42,23 @@ mls_status tok_decode(const tok_tokenizer *tok, const int32_t *ids, size_t n, bo
             }
             if (!tok_utf8_lossy((const uint8_t *)run.data, run.len, false, &out, NULL) ||
                 !tok_buf_append(&out, tok->strings + a->off, a->len)) {
-                goto no_memory;
+                goto err_free_bufs;
             }
             run.len = 0;
         } else if (f & TOK_ID_MODEL) {
             if (!tok_buf_append(&run, tok->strings + tok->dec_off[id], tok->dec_len[id])) {
-                goto no_memory;
+                goto err_free_bufs;
             }
         }
     }
     if (!tok_utf8_lossy((const uint8_t *)run.data, run.len, false, &out, NULL) ||
         !tok_buf_append(&out, "", 0)) {
-        goto no_memory;
+        goto err_free_bufs;
     }
     *text_p = mls_buf_detach(&out, len_p);
     tok_buf_free(&run);
     return MLS_OK;
-no_memory:
+err_free_bufs:
     st = MLS_ERR_NO_MEMORY;
     mls_err_set(err, "decode of %zu ids: out of memory", n);
     tok_buf_free(&out);

@@ -285,7 +285,7 @@ static mls_status tok_pre_split(tok_enc *e, const tok_pre_step *step, tok_piece 
             span *ns_ = realloc(sp, cap_sp * sizeof(*ns_));                                        \
             if (ns_ == NULL) {                                                                     \
                 st = MLS_ERR_NO_MEMORY;                                                            \
-                goto free_spans;                                                                   \
+                goto out_free_spans;                                                               \
             }                                                                                      \
             sp = ns_;                                                                              \
         }                                                                                          \
@@ -299,7 +299,7 @@ static mls_status tok_pre_split(tok_enc *e, const tok_pre_step *step, tok_piece 
         }
         if (rc < 0) {
             st = MLS_ERR_INTERNAL;
-            goto free_spans;
+            goto out_free_spans;
         }
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(e->md);
         size_t ms = ov[0], me = ov[1];
@@ -377,10 +377,10 @@ static mls_status tok_pre_split(tok_enc *e, const tok_pre_step *step, tok_piece 
     for (size_t i = 0; i < w; i++) {
         if (sp[i].t > sp[i].s && !tok_pieces_push(&e->nxt, p.off + sp[i].s, sp[i].t - sp[i].s)) {
             st = MLS_ERR_NO_MEMORY;
-            goto free_spans;
+            goto out_free_spans;
         }
     }
-free_spans:
+out_free_spans:
     free(sp);
     return st;
 #undef TOK_SPAN_PUSH
@@ -569,10 +569,10 @@ mls_status tok_encode(const tok_tokenizer *tok, const char *text, size_t len, to
     e.md = pcre2_match_data_create(8, NULL);
     if (e.md == NULL) {
         st = MLS_ERR_NO_MEMORY;
-        goto free_scratch;
+        goto out_free_scratch;
     }
     st = tok_split_added(&e, (const uint8_t *)text, 0, len, 0);
-free_scratch:
+out_free_scratch:
     if (st != MLS_OK) {
         out->n = n0;
         mls_err_set(err, "encode failed: %s", mls_status_message(st));

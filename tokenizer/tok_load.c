@@ -48,24 +48,24 @@ static char *tok_read_file(const char *path, size_t *len_p, mls_err *err, mls_st
     if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
         mls_err_set(err, "%s: cannot size: %s", path, strerror(errno));
         *st_p = MLS_ERR_IO;
-        goto close_file;
+        goto out_close_file;
     }
     buf = malloc((size_t)size + 1);
     if (buf == NULL) {
         mls_err_set(err, "%s: out of memory for %ld bytes", path, size);
         *st_p = MLS_ERR_NO_MEMORY;
-        goto close_file;
+        goto out_close_file;
     }
     if (fread(buf, 1, (size_t)size, f) != (size_t)size) {
         mls_err_set(err, "%s: read error", path);
         *st_p = MLS_ERR_IO;
         free(buf);
         buf = NULL;
-        goto close_file;
+        goto out_close_file;
     }
     buf[size] = '\0';
     *len_p = (size_t)size;
-close_file:
+out_close_file:
     fclose(f);
     return buf;
 }
@@ -525,7 +525,7 @@ static mls_status tok_load_merges(tok_tokenizer *tok, const cJSON *merges, tok_l
                             "space",
                             c->file, rank, e->valuestring);
                 st = MLS_ERR_PARSE;
-                goto free_cat;
+                goto out_free_cat;
             }
             a = e->valuestring;
             alen = (size_t)(sp - a);
@@ -542,14 +542,14 @@ static mls_status tok_load_merges(tok_tokenizer *tok, const cJSON *merges, tok_l
             mls_err_set(c->err, "%s: model.merges[%d] is neither \"a b\" nor [\"a\", \"b\"]",
                         c->file, rank);
             st = MLS_ERR_PARSE;
-            goto free_cat;
+            goto out_free_cat;
         }
         int32_t ida = tok_model_lookup(tok, a, alen), idb = tok_model_lookup(tok, b, blen);
         if (ida < 0 || idb < 0) {
             mls_err_set(c->err, "%s: model.merges[%d]: token \"%.*s\" is not in model.vocab",
                         c->file, rank, ida < 0 ? (int)alen : (int)blen, ida < 0 ? a : b);
             st = MLS_ERR_BAD_MODEL;
-            goto free_cat;
+            goto out_free_cat;
         }
         if (alen + blen > cat_cap) {
             cat_cap = (alen + blen) * 2;
@@ -557,7 +557,7 @@ static mls_status tok_load_merges(tok_tokenizer *tok, const cJSON *merges, tok_l
             if (ncat == NULL) {
                 st = MLS_ERR_NO_MEMORY;
                 mls_err_set(c->err, "%s: out of memory", c->file);
-                goto free_cat;
+                goto out_free_cat;
             }
             cat = ncat;
         }
@@ -568,13 +568,13 @@ static mls_status tok_load_merges(tok_tokenizer *tok, const cJSON *merges, tok_l
             mls_err_set(c->err, "%s: model.merges[%d]: merged token \"%.*s\" is not in model.vocab",
                         c->file, rank, (int)(alen + blen), cat);
             st = MLS_ERR_BAD_MODEL;
-            goto free_cat;
+            goto out_free_cat;
         }
         tok_pairmap_put(&tok->merges, ((uint64_t)(uint32_t)ida << 32) | (uint32_t)idb, rank,
                         merged);
         rank++;
     }
-free_cat:
+out_free_cat:
     free(cat);
     return st;
 }
@@ -642,18 +642,18 @@ static mls_status tok_load_config(tok_tokenizer *tok, const char *cfg_path, mls_
         }
         if ((cfg = tok_parse_json(cfg_path, buf, len, err)) == NULL) {
             st = MLS_ERR_PARSE;
-            goto free_buf;
+            goto out_free_buf;
         }
         if (!cJSON_IsObject(cfg)) {
             mls_err_set(err, "%s: not a JSON object", cfg_path);
             st = MLS_ERR_PARSE;
-            goto free_json;
+            goto out_free_json;
         }
         bos = tok_cfg_token(cfg, "bos_token");
         eos = tok_cfg_token(cfg, "eos_token");
         tok->add_bos = tok_get_bool(cfg, "add_bos_token", false, "config", &c, &st);
         if (st != MLS_OK) {
-            goto free_json;
+            goto out_free_json;
         }
         const cJSON *tmpl = cJSON_GetObjectItemCaseSensitive(cfg, "chat_template");
         if (cJSON_IsArray(tmpl)) { /* [{"name": "default", "template": ...}, ...] */
@@ -694,13 +694,13 @@ static mls_status tok_load_config(tok_tokenizer *tok, const char *cfg_path, mls_
     if (tok->bos_str == NULL || tok->eos_str == NULL) {
         mls_err_set(err, "out of memory");
         st = MLS_ERR_NO_MEMORY;
-        goto free_json;
+        goto out_free_json;
     }
     tok->bos_id = bos ? tok_token_to_id(tok, bos, strlen(bos)) : -1;
     tok->eos_id = eos ? tok_token_to_id(tok, eos, strlen(eos)) : -1;
-free_json:
+out_free_json:
     cJSON_Delete(cfg);
-free_buf:
+out_free_buf:
     free(buf);
     return st;
 }
@@ -738,18 +738,18 @@ mls_status tok_tokenizer_load(const char *path, tok_tokenizer **tok_p, mls_err *
     }
     if ((root = tok_parse_json(json_path, buf, len, err)) == NULL) {
         st = MLS_ERR_PARSE;
-        goto free_buf;
+        goto out_free_buf;
     }
     if (!cJSON_IsObject(root)) {
         mls_err_set(err, "%s: not a JSON object", json_path);
         st = MLS_ERR_PARSE;
-        goto free_json;
+        goto out_free_json;
     }
     tok = calloc(1, sizeof(*tok));
     if (tok == NULL) {
         mls_err_set(err, "out of memory");
         st = MLS_ERR_NO_MEMORY;
-        goto free_json;
+        goto out_free_json;
     }
     pthread_mutex_init(&tok->cache_mu, NULL);
 
@@ -766,7 +766,7 @@ mls_status tok_tokenizer_load(const char *path, tok_tokenizer **tok_p, mls_err *
         (st = tok_load_pre(tok, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), &bytelevel,
                            &c)) != MLS_OK ||
         (st = tok_load_decoder(cJSON_GetObjectItemCaseSensitive(root, "decoder"), &c)) != MLS_OK) {
-        goto destroy_tok;
+        goto out_destroy_tok;
     }
     if (!bytelevel) {
         mls_err_set(err,
@@ -774,20 +774,20 @@ mls_status tok_tokenizer_load(const char *path, tok_tokenizer **tok_p, mls_err *
                     "supported)",
                     json_path);
         st = MLS_ERR_UNSUPPORTED;
-        goto destroy_tok;
+        goto out_destroy_tok;
     }
     tok->ignore_merges = tok_get_bool(model, "ignore_merges", false, "model", &c, &st);
     if (st != MLS_OK) {
-        goto destroy_tok;
+        goto out_destroy_tok;
     }
     tok->cache = tok_arena_alloc(&tok->arena, TOK_CACHE_SLOTS * sizeof(tok_cache_slot));
     if (tok->cache == NULL) {
         mls_err_set(err, "out of memory for the word cache");
         st = MLS_ERR_NO_MEMORY;
-        goto destroy_tok;
+        goto out_destroy_tok;
     }
     if ((st = tok_load_config(tok, access(cfg_path, R_OK) == 0 ? cfg_path : NULL, err)) != MLS_OK) {
-        goto destroy_tok;
+        goto out_destroy_tok;
     }
     if (tok->chat_kind == TOK_CHAT_DEEPSEEK_V3_LIKE) {
         mls_warn("%s: the chat template is not DeepSeek-V3's own; rendering it with V3 rules",
@@ -797,11 +797,11 @@ mls_status tok_tokenizer_load(const char *path, tok_tokenizer **tok_p, mls_err *
               tok->n_added, tok->n_pre);
     *tok_p = tok;
     tok = NULL;
-destroy_tok:
+out_destroy_tok:
     tok_tokenizer_destroy(tok);
-free_json:
+out_free_json:
     cJSON_Delete(root);
-free_buf:
+out_free_buf:
     free(buf);
     return st;
 }

@@ -266,7 +266,7 @@ mls_status bpe_trainer_create(const bpe_params *p, bpe_trainer **tr_p, mls_err *
     tr->n_added = (int32_t)p->n_added;
     tr->added_special = calloc(p->n_added + 1, sizeof(bool));
     if (tr->added_special == NULL) {
-        goto no_memory;
+        goto err_destroy_trainer;
     }
     for (size_t i = 0; i < p->n_added; i++) {
         const char *s = p->added[i].content;
@@ -282,7 +282,7 @@ mls_status bpe_trainer_create(const bpe_params *p, bpe_trainer **tr_p, mls_err *
             return MLS_ERR_INVALID_ARG;
         }
         if (bpe_tok_add(tr, s, n) < 0) {
-            goto no_memory;
+            goto err_destroy_trainer;
         }
         tr->added_special[i] = p->added[i].special;
     }
@@ -298,7 +298,7 @@ mls_status bpe_trainer_create(const bpe_params *p, bpe_trainer **tr_p, mls_err *
             size_t n = bpe_utf8_put(cp, s);
             int32_t id = bpe_tok_find(tr, s, n, bpe_hash(s, n));
             if (id < 0 && (id = bpe_tok_add(tr, s, n)) < 0) {
-                goto no_memory;
+                goto err_destroy_trainer;
             }
             tr->byte_id[b] = id; /* an added token spelled like a byte token is that token */
         }
@@ -320,12 +320,12 @@ mls_status bpe_trainer_create(const bpe_params *p, bpe_trainer **tr_p, mls_err *
     (void)pcre2_jit_compile(tr->re, PCRE2_JIT_COMPLETE); /* the interpreter when JIT is absent */
     tr->md = pcre2_match_data_create_from_pattern(tr->re, NULL);
     if (tr->md == NULL) {
-        goto no_memory;
+        goto err_destroy_trainer;
     }
     *tr_p = tr;
     return MLS_OK;
 
-no_memory:
+err_destroy_trainer:
     bpe_trainer_destroy(tr);
     mls_err_set(err, "bpe: out of memory");
     return MLS_ERR_NO_MEMORY;

@@ -170,7 +170,7 @@ static int cmd_encode_messages(const tok_tokenizer *tok, const cJSON *line, cons
     owned = calloc((size_t)n, sizeof(*owned));
     if (m == NULL || calls == NULL || owned == NULL) {
         snprintf(why, why_len, "out of memory");
-        goto free_all;
+        goto out_free;
     }
     int i = 0, k = 0;
     cJSON_ArrayForEach(e, msgs)
@@ -180,18 +180,18 @@ static int cmd_encode_messages(const tok_tokenizer *tok, const cJSON *line, cons
         const char *cwhy = NULL;
         if (!cJSON_IsObject(e) || !cJSON_IsString(role)) {
             snprintf(why, why_len, "messages[%d]: an object with a string \"role\" is required", i);
-            goto free_all;
+            goto out_free;
         }
         m[i].role = role->valuestring;
         m[i].content =
             cmd_content(cJSON_GetObjectItemCaseSensitive(e, "content"), &owned[i], &cwhy);
         if (cwhy != NULL) {
             snprintf(why, why_len, "messages[%d]: %s", i, cwhy);
-            goto free_all;
+            goto out_free;
         }
         if (tc != NULL && !cJSON_IsNull(tc) && !cJSON_IsArray(tc)) {
             snprintf(why, why_len, "messages[%d]: \"tool_calls\" must be an array", i);
-            goto free_all;
+            goto out_free;
         }
         m[i].tool_calls = &calls[k];
         cJSON_ArrayForEach(c, tc)
@@ -205,7 +205,7 @@ static int cmd_encode_messages(const tok_tokenizer *tok, const cJSON *line, cons
                          "messages[%d].tool_calls[%zu]: \"type\", \"function.name\" "
                          "and \"function.arguments\" (a JSON string) are required",
                          i, m[i].n_tool_calls);
-                goto free_all;
+                goto out_free;
             }
             calls[k++] = (tok_tool_call){.type = type->valuestring,
                                          .name = name->valuestring,
@@ -216,10 +216,10 @@ static int cmd_encode_messages(const tok_tokenizer *tok, const cJSON *line, cons
     }
     if (tok_chat_encode(tok, m, (size_t)n, agp == NULL || cJSON_IsTrue(agp), ids, &err) != MLS_OK) {
         snprintf(why, why_len, "%s", err.msg);
-        goto free_all;
+        goto out_free;
     }
     rc = 0;
-free_all:
+out_free:
     for (int j = 0; owned != NULL && j < n; j++) {
         free(owned[j]);
     }
@@ -241,15 +241,15 @@ static int cmd_encode_line(const tok_tokenizer *tok, const cJSON *line, FILE *ou
     if (cJSON_IsString(text) && msgs == NULL) {
         if (tok_encode(tok, text->valuestring, strlen(text->valuestring), &ids, &err) != MLS_OK) {
             snprintf(why, why_len, "%s", err.msg);
-            goto free_ids;
+            goto out_free_ids;
         }
     } else if (cJSON_IsArray(msgs) && text == NULL) {
         if (cmd_encode_messages(tok, line, msgs, &ids, why, why_len) != 0) {
-            goto free_ids;
+            goto out_free_ids;
         }
     } else {
         snprintf(why, why_len, "expected {\"text\": string} or {\"messages\": array}");
-        goto free_ids;
+        goto out_free_ids;
     }
     fputs("{\"ids\":[", out);
     for (size_t i = 0; i < ids.n; i++) {
@@ -257,7 +257,7 @@ static int cmd_encode_line(const tok_tokenizer *tok, const cJSON *line, FILE *ou
     }
     fputs("]}\n", out);
     rc = 0;
-free_ids:
+out_free_ids:
     tok_ids_free(&ids);
     return rc;
 }

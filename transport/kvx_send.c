@@ -86,7 +86,7 @@ mls_status kvx_req_create(kvx_ctx *ctx, const char *peer, uint64_t rid, const ui
     uint32_t nl = ctx->cfg.n_layers;
     kvx_req *req = mls_alloc(MLS_ALLOC_TAG_TRANSPORT, sizeof(*req));
     if (req == NULL) {
-        goto err_nomem;
+        goto err;
     }
     req->n_layers = nl;
     req->n_pages = n_pages;
@@ -98,7 +98,7 @@ mls_status kvx_req_create(kvx_ctx *ctx, const char *peer, uint64_t rid, const ui
     if (req->page_ids == NULL || req->layer_sent == NULL || req->layer_issued == NULL ||
         req->hash == NULL || req->checksums == NULL) {
         kvx_req_free(req);
-        goto err_nomem;
+        goto err;
     }
     memcpy(req->page_ids, page_ids, sizeof(uint32_t) * n_pages);
     for (uint32_t l = 0; l < nl; l++) {
@@ -123,7 +123,7 @@ mls_status kvx_req_create(kvx_ctx *ctx, const char *peer, uint64_t rid, const ui
     }
     *req_p = req;
     return MLS_OK;
-err_nomem:
+err:
     mls_err_set(err, "kvx_req_create(rid %llu): out of memory", (unsigned long long)rid);
     return MLS_ERR_NO_MEMORY;
 }
@@ -598,12 +598,12 @@ static void kvx_send_hello_reply(kvx_ctx *ctx, kvx_peer *peer, const kvx_msg_hel
     for (uint32_t i = 0; i < rep->n_regions; i++) {
         uint32_t klen;
         if (off + sizeof(klen) > length) {
-            goto err_malformed;
+            goto err;
         }
         memcpy(&klen, data + off, sizeof(klen));
         off += sizeof(klen);
         if (klen > length - off) {
-            goto err_malformed;
+            goto err;
         }
         ucs_status_t us = ucp_ep_rkey_unpack(peer->ep, data + off, &peer->rkeys[i]);
         if (us != UCS_OK) {
@@ -616,7 +616,7 @@ static void kvx_send_hello_reply(kvx_ctx *ctx, kvx_peer *peer, const kvx_msg_hel
     }
     for (uint32_t l = 0; l < nl; l++) {
         if (peer->pools[l].region >= peer->n_regions) {
-            goto err_malformed;
+            goto err;
         }
     }
     peer->remote_pages = rep->pool_pages;
@@ -631,7 +631,7 @@ static void kvx_send_hello_reply(kvx_ctx *ctx, kvx_peer *peer, const kvx_msg_hel
         op = next;
     }
     return;
-err_malformed:
+err:
     snprintf(why, sizeof(why), "decode node %s: malformed rkey list", peer->addr);
     kvx_peer_fail(peer, MLS_ERR_PEER_MISMATCH, why);
 }

@@ -69,12 +69,12 @@ static bool tj_string(tj_in *in, char **out_p, size_t *len_p)
         char c = in->s[in->i++];
         if (c != '\\') {
             if (!tj_push(&buf, &len, &cap, &c, 1)) {
-                goto fail;
+                goto err_free_buf;
             }
             continue;
         }
         if (in->i >= in->n) {
-            goto fail;
+            goto err_free_buf;
         }
         char e = in->s[in->i++], o;
         switch (e) {
@@ -104,12 +104,12 @@ static bool tj_string(tj_in *in, char **out_p, size_t *len_p)
             break;
         case 'u': {
             if (in->i + 4 > in->n) {
-                goto fail;
+                goto err_free_buf;
             }
             long cp = tj_hex4(in->s + in->i);
             in->i += 4;
             if (cp < 0) {
-                goto fail;
+                goto err_free_buf;
             }
             if (cp >= 0xD800 && cp <= 0xDBFF && in->i + 6 <= in->n && in->s[in->i] == '\\' &&
                 in->s[in->i + 1] == 'u') {
@@ -141,25 +141,25 @@ static bool tj_string(tj_in *in, char **out_p, size_t *len_p)
                 un = 4;
             }
             if (!tj_push(&buf, &len, &cap, u, un)) {
-                goto fail;
+                goto err_free_buf;
             }
             continue;
         }
         default:
-            goto fail;
+            goto err_free_buf;
         }
         if (!tj_push(&buf, &len, &cap, &o, 1)) {
-            goto fail;
+            goto err_free_buf;
         }
     }
     if (in->i >= in->n) {
-        goto fail;
+        goto err_free_buf;
     }
     in->i++;
     *out_p = buf;
     *len_p = len;
     return true;
-fail:
+err_free_buf:
     free(buf);
     return false;
 }
@@ -207,12 +207,12 @@ static tj_val *tj_container(tj_in *in, tj_type type)
         tj_ws(in);
         if (type == TJ_OBJ) {
             if (!tj_string(in, &key, &klen)) {
-                goto fail;
+                goto err_free_val;
             }
             tj_ws(in);
             if (in->i >= in->n || in->s[in->i] != ':') {
                 free(key);
-                goto fail;
+                goto err_free_val;
             }
             in->i++;
         }
@@ -220,7 +220,7 @@ static tj_val *tj_container(tj_in *in, tj_type type)
         if (item == NULL || !tj_add(v, item, key)) {
             free(key);
             tj_free(item);
-            goto fail;
+            goto err_free_val;
         }
         tj_ws(in);
         if (in->i < in->n && in->s[in->i] == ',') {
@@ -232,9 +232,9 @@ static tj_val *tj_container(tj_in *in, tj_type type)
             in->depth--;
             return v;
         }
-        goto fail;
+        goto err_free_val;
     }
-fail:
+err_free_val:
     tj_free(v);
     return NULL;
 }

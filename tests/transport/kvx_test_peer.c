@@ -153,19 +153,19 @@ static int peer_recv_main(void)
     size_t layer_bytes = 64u * g.cfg.layout.page_bytes;
     uint16_t port = 0;
     if (kvx_pool_alloc(g.ctx, KVX_MEM_HOST, layer_bytes * g.cfg.n_layers, &mem, &err) != MLS_OK) {
-        goto err_print;
+        goto err;
     }
     for (uint32_t l = 0; l < g.cfg.n_layers; l++) {
         bases[l] = (uint8_t *)mem + l * layer_bytes;
     }
     if (kvx_pool_register(g.ctx, KVX_MEM_HOST, bases, 64, &err) != MLS_OK ||
         kvx_listen(g.ctx, "127.0.0.1", 0, &port, &err) != MLS_OK) {
-        goto err_print;
+        goto err;
     }
     for (int i = 0; i < g.n_reqs; i++) {
         if (kvx_reserve(g.ctx, g.reqs[i].rid, g.reqs[i].page_ids, g.reqs[i].n_pages, 60000,
                         peer_resv_cb, NULL, &err) != MLS_OK) {
-            goto err_print;
+            goto err;
         }
     }
     printf("PORT %u\n", port);
@@ -174,7 +174,7 @@ static int peer_recv_main(void)
     kvx_ctx_destroy(g.ctx);
     uv_loop_close(&g.loop);
     return 0;
-err_print:
+err:
     fprintf(stderr, "kvx_test_peer (recv): %s\n", err.msg);
     return 3;
 }
