@@ -58,9 +58,9 @@ typedef struct {
 struct mls_http_req {
     mls_http_conn *conn;    /* NULL once the client is gone */
     char method[24];
-    mls_buf url;       /* raw target, then "path\0query\0" */
+    mls_buf url;            /* raw target, then "path\0query\0" */
     const char *path, *query;
-    mls_buf hdrs;      /* "name\0value\0" ... */
+    mls_buf hdrs;           /* "name\0value\0" ... */
     mls_http_hdr *hdr;      /* (max_headers) */
     uint32_t n_hdr;
     uint32_t field_start;
@@ -73,7 +73,7 @@ struct mls_http_req {
     bool disconnected;
     bool chunked;           /* streaming with chunked encoding */
     mls_http_resp_state resp;
-    mls_buf resp_hdrs; /* extra "Name: value\r\n" lines */
+    mls_buf resp_hdrs;      /* extra "Name: value\r\n" lines */
     mls_http_close_fn on_close;
     mls_http_drain_fn on_drain;
     void *owner;
@@ -90,7 +90,7 @@ struct mls_http_conn {
     mls_http_conn_state state;
     mls_http_req *req;      /* being read, or owned by the handler (HANDLING) */
     bool req_ready;         /* parser completed req; dispatch pending */
-    mls_buf in;        /* bytes not yet parsed */
+    mls_buf in;             /* bytes not yet parsed */
     size_t write_queued;
     bool above_high_water;
     bool closing;
