@@ -160,11 +160,12 @@ static mls_status eng_cpu_kv_store(void *ctx, const kvl_layout *layout, eng_tens
     ENG_CPU_CHECK_HOST(page, "page", err);
     ENG_CPU_CHECK_HOST(slot, "slot", err);
     for (int64_t t = 0; t < latent->shape[0]; t++) {
-        uint8_t *pg = (uint8_t *)kv->data +
-                      (uint64_t)((const uint32_t *)page->data)[t] * layout->page_bytes;
+        uint8_t *row = (uint8_t *)kv->data +
+                       kvl_slot_offset(layout->page_bytes, layout->row_bytes,
+                                       ((const uint32_t *)page->data)[t],
+                                       ((const uint32_t *)slot->data)[t]);
 
-        kvl_row_store(layout, kvl_page_row(layout, pg, ((const uint32_t *)slot->data)[t]),
-                      (const float *)latent->data + t * latent->stride[0],
+        kvl_row_store(layout, row, (const float *)latent->data + t * latent->stride[0],
                       (const float *)rope->data + t * rope->stride[0]);
     }
     return MLS_OK;

@@ -175,8 +175,9 @@ static void test_cpu_ops_match_kernels(void)
         eng_tensor tslot = eng_tensor_1d(ENG_LOC_HOST, ENG_DTYPE_U32, slot, T);
         CHECK_OK(be->kv_store(bctx, &layout, &tkv, &lat, &rope, &tpage, &tslot, &err));
         for (int t = 0; t < T; t++) {
+            uint32_t table[1] = {page[t]}; /* slot < 64: the token sits in page[t] */
             kvl_row_store(&layout,
-                          pages_want + page[t] * layout.page_bytes + slot[t] * layout.row_bytes,
+                          kvl_row_ptr(&layout, pages_want, table, slot[t]),
                           kv + t * (R + D), kv + t * (R + D) + R);
         }
         CHECK(memcmp(pages, pages_want, sizeof(pages)) == 0);
