@@ -15,6 +15,7 @@ pkgs=(
   libpcre2-dev                                   # tokenizer pre-tokenizer regexes (Unicode)
   gnuplot-nox                                    # benchmark plots
   curl procps psmisc                             # cluster scripts and tests
+  python3                                        # tools/check_includes.py (a ctest test)
 )
 
 missing=()

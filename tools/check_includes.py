@@ -12,7 +12,10 @@ checked from the sources alone (python3 standard library, no compiler):
   (b) nothing under node/, prefill_node/ or decode_node/ includes a header
       from router/ (the nodes do not know the router's internals);
   (c) prefill_node/ and decode_node/ do not include each other (the roles
-      share node/, not each other).
+      share node/, not each other);
+  (d) a component includes only the components below it (LAYERS: what each
+      folder's entry header says it may include). tools/, bench/ and tests/
+      put components together and may include any.
 
 Usage: tools/check_includes.py [ROOT]   (ROOT defaults to the repository)
 Prints every violation with the files and symbols that make it; exits 1 when
@@ -27,6 +30,27 @@ SRC_EXT = (".c", ".cu")
 HDR_EXT = (".h", ".cuh")
 NODE_DIRS = ("node", "prefill_node", "decode_node")
 ROLE_DIRS = ("prefill_node", "decode_node")
+# component -> the components its files may include (besides its own)
+LAYERS = {
+    "common": set(),
+    "http": {"common"},
+    "proto": {"common"},
+    "tokenizer": {"common"},
+    "transport": {"common"},
+    "kernels/cpu": {"common"},
+    "kernels/cuda": {"common", "kernels/cpu"},
+    "engine": {"common", "kernels/cpu", "kernels/cuda"},
+    "node": {"common", "http", "proto", "transport", "engine"},
+    "prefill_node": {"common", "http", "proto", "transport", "engine", "node"},
+    "decode_node": {"common", "http", "proto", "transport", "engine", "node"},
+    "router": {"common", "http", "proto", "tokenizer"},
+}
+COMPOSERS = ("tools", "bench", "tests")
+
+
+def component(path):
+    parts = path.split(os.sep)
+    return os.sep.join(parts[:2]) if parts[0] == "kernels" and len(parts) > 2 else parts[0]
 
 INCLUDE_RE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
 COMMENT_RE = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
@@ -202,6 +226,13 @@ def main():
                 problems.append("(b) %s includes %s from router/" % (p, t))
             if top in ROLE_DIRS and ttop in ROLE_DIRS and ttop != top:
                 problems.append("(c) %s includes %s from %s/" % (p, t, ttop))
+            comp, tcomp = component(p), component(t)
+            if comp != tcomp and comp not in COMPOSERS:
+                if comp not in LAYERS:
+                    problems.append("(d) %s: component %s/ has no entry in LAYERS" % (p, comp))
+                elif tcomp not in LAYERS[comp]:
+                    problems.append("(d) %s includes %s: %s/ may include only %s" %
+                                    (p, t, comp, ", ".join(sorted(LAYERS[comp])) or "itself"))
 
     for msg in problems:
         print(msg)
