@@ -1,6 +1,11 @@
 /*
  * bench_stat.h - min / median / max of a benchmark's repetitions, the form in
  * which every `mlaserve bench` figure is reported.
+ *
+ * bench/ owns the benchmarks behind `mlaserve bench` (compiled into the CLI,
+ * tools/): each measures a component against a reference measured in the same
+ * run. It may include any component and tools/'s CLI header; no component
+ * includes bench/.
  */
 #ifndef BENCH_STAT_H
 #define BENCH_STAT_H

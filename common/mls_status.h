@@ -9,6 +9,11 @@
  *   PEER     a peer or link failed: retry or reroute the work
  *   NODE     this node cannot serve (out of memory, bad model): drain it
  *   FATAL    a broken invariant: the process state can no longer be trusted
+ *
+ * common/ owns what every component shares: this status type, logging,
+ * counted allocation and the growable buffer, number formats, the KV layout
+ * codec, framing, helper processes. It includes nothing of the project's
+ * other folders.
  */
 #ifndef MLS_STATUS_H
 #define MLS_STATUS_H

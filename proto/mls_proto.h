@@ -18,6 +18,9 @@
  * Ownership: an Envelope returned by the reader lives in the reader's arena
  * and is valid until the next mls_proto_reader_next() or destroy; copy what
  * must outlive that.
+ *
+ * proto/ owns the control plane's messages, framing and connections
+ * (mls_conn.h); it may include common/ only.
  */
 #ifndef MLS_PROTO_H
 #define MLS_PROTO_H

@@ -11,6 +11,11 @@
  *   rt_router.h    this struct: configuration, parts, metrics
  * The registry tells the request layer what it hears through the events the
  * request layer registers (rt_node_events), never by calling it.
+ *
+ * router/ owns the front end: the OpenAI layer (mls_oai.h), tokenization,
+ * the node registry, scheduling, admission. It may include common/, http/,
+ * proto/ and tokenizer/; never engine/, kernels/, transport/ or the node
+ * folders: it knows the nodes only through the protocol.
  */
 #ifndef MLS_RT_ROUTER_H
 #define MLS_RT_ROUTER_H

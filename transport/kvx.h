@@ -81,6 +81,10 @@
  * Connections are made with ucp_listener/sockaddr, which in UCX 1.13 needs a
  * sockaddr-capable transport (tcp) in UCX_TLS even when the data moves over
  * shared memory: use e.g. UCX_TLS=posix,cma,tcp,self, not posix,cma,self.
+ *
+ * transport/ owns moving KV rows between processes (UCX); it may include
+ * common/ only: it knows the KV layout (common/mls_kv_layout.h) but nothing
+ * of the engine, the protobuf control plane or the roles.
  */
 #ifndef MLS_KVX_H
 #define MLS_KVX_H
