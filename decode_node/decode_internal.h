@@ -8,8 +8,8 @@
 #include "decode.h"
 
 typedef struct {
-    node_job *running;           /* compute: the batch, linked by next_q */
-    node_job *waiting;           /* compute: ready, waiting for a batch slot (FIFO) */
+    node_job *running; /* compute: the batch, linked by next_q */
+    node_job *waiting; /* compute: ready, waiting for a batch slot (FIFO) */
 } decode_state;
 
 /* decode_batch.c (compute thread) */

@@ -33,8 +33,8 @@ static void decode_on_kv_done(void *arg, uint64_t rid, mls_status st, const char
     job->reserved = false;
     atomic_fetch_sub(&n->pages_reserved, job->n_pages);
     if (st != MLS_OK) {
-        mls_warn("node: request %llu: KV transfer failed: %s (%s)", (unsigned long long)rid, why ? why : "",
-                 mls_status_name(st));
+        mls_warn("node: request %llu: KV transfer failed: %s (%s)", (unsigned long long)rid,
+                 why ? why : "", mls_status_name(st));
         if (st != MLS_ERR_CANCELED) {
             node_job_fail(n, job, st, why ? why : mls_status_message(st));
         }
@@ -51,7 +51,8 @@ static void decode_on_kv_done(void *arg, uint64_t rid, mls_status st, const char
 }
 
 /* Open the reservation for m; MLS_OK with *job_p, or a status with err set. */
-static mls_status decode_reserve(mls_node *n, const Mlaserve__Reserve *m, node_job **job_p, mls_err *err)
+static mls_status decode_reserve(mls_node *n, const Mlaserve__Reserve *m, node_job **job_p,
+                                 mls_err *err)
 {
     node_job *job;
     mls_status st;
@@ -61,7 +62,8 @@ static mls_status decode_reserve(mls_node *n, const Mlaserve__Reserve *m, node_j
         return MLS_ERR_BUSY;
     }
     if (m->n_pages == 0 || m->n_pages > eng_kv_pool_pages_total(n->pool)) {
-        mls_err_set(err, "%u pages requested, the pool has %u", m->n_pages, eng_kv_pool_pages_total(n->pool));
+        mls_err_set(err, "%u pages requested, the pool has %u", m->n_pages,
+                    eng_kv_pool_pages_total(n->pool));
         return MLS_ERR_TOO_LARGE;
     }
     if (node_job_find(n, m->request_id) != NULL) {
@@ -78,12 +80,13 @@ static mls_status decode_reserve(mls_node *n, const Mlaserve__Reserve *m, node_j
         goto err_free_job;
     }
     if ((st = eng_kv_pool_alloc(n->pool, m->n_pages, job->pages)) != MLS_OK) {
-        mls_err_set(err, "%u pages requested, %u free", m->n_pages, eng_kv_pool_pages_free(n->pool));
+        mls_err_set(err, "%u pages requested, %u free", m->n_pages,
+                    eng_kv_pool_pages_free(n->pool));
         goto err_free_job;
     }
     job->n_pages = m->n_pages;
-    st = kvx_reserve(n->kvx, m->request_id, job->pages, m->n_pages, m->lease_ms ? m->lease_ms : 10000,
-                     decode_on_kv_done, n, err);
+    st = kvx_reserve(n->kvx, m->request_id, job->pages, m->n_pages,
+                     m->lease_ms ? m->lease_ms : 10000, decode_on_kv_done, n, err);
     if (st != MLS_OK) {
         goto err_free_pages;
     }
@@ -134,7 +137,8 @@ static void decode_on_start(mls_node *n, const Mlaserve__StartDecode *m)
         return;
     }
     if (m->n_prompt_tokens == 0 || (uint64_t)job->n_pages * KVL_PAGE_TOKENS < m->n_prompt_tokens) {
-        node_send_error(n, m->request_id, MLS_ERR_INVALID_ARG, "prompt does not fit the reservation");
+        node_send_error(n, m->request_id, MLS_ERR_INVALID_ARG,
+                        "prompt does not fit the reservation");
         return;
     }
     node_job_fill_sampling(job, m->sampling);
@@ -155,9 +159,14 @@ static bool decode_on_msg(mls_node *n, const Mlaserve__Envelope *env)
         return false; /* the runtime refuses what a colocated node does not serve */
     }
     switch (env->msg_case) {
-    case MLASERVE__ENVELOPE__MSG_RESERVE: decode_on_reserve(n, env->reserve); return true;
-    case MLASERVE__ENVELOPE__MSG_START_DECODE: decode_on_start(n, env->start_decode); return true;
-    default: return false;
+    case MLASERVE__ENVELOPE__MSG_RESERVE:
+        decode_on_reserve(n, env->reserve);
+        return true;
+    case MLASERVE__ENVELOPE__MSG_START_DECODE:
+        decode_on_start(n, env->start_decode);
+        return true;
+    default:
+        return false;
     }
 }
 
@@ -179,7 +188,8 @@ static void decode_on_tick(mls_node *n, uint64_t now)
 {
     for (node_job *j = n->jobs, *next; j != NULL; j = next) {
         next = j->next_reg;
-        if (j->kv_ready && !j->start_received && now - j->t_ready_ns > (uint64_t)DECODE_STALE_READY_MS * 1000000ull) {
+        if (j->kv_ready && !j->start_received &&
+            now - j->t_ready_ns > (uint64_t)DECODE_STALE_READY_MS * 1000000ull) {
             mls_warn("node: request %llu: KV arrived but decode never started; freeing its pages",
                      (unsigned long long)j->rid);
             node_job_free(n, j);
@@ -211,9 +221,10 @@ static mls_status decode_setup_pool(mls_node *n, mls_err *err)
         }
         bases[l] = mem;
     }
-    if ((st = eng_kv_pool_create_external(&n->layout, (int32_t)n_layers, n->cfg.kv_pages, bases, &n->pool)) !=
-            MLS_OK ||
-        (st = kvx_pool_register(n->kvx, KVX_MEM_HOST, (void *const *)bases, n->cfg.kv_pages, err)) != MLS_OK ||
+    if ((st = eng_kv_pool_create_external(&n->layout, (int32_t)n_layers, n->cfg.kv_pages, bases,
+                                          &n->pool)) != MLS_OK ||
+        (st = kvx_pool_register(n->kvx, KVX_MEM_HOST, (void *const *)bases, n->cfg.kv_pages,
+                                err)) != MLS_OK ||
         (st = kvx_listen(n->kvx, n->cfg.listen_host, 0, &port, err)) != MLS_OK) {
         if (err->msg[0] == '\0') {
             mls_err_set(err, "cannot set up the KV pool: %s", mls_status_message(st));

@@ -50,19 +50,19 @@ typedef enum {
 typedef struct {
     mls_node_role role;
     const char *model_dir;
-    const char *model_name;       /* served name; NULL = basename of model_dir */
-    const char *router_host;      /* numeric address of the router's node port */
+    const char *model_name;  /* served name; NULL = basename of model_dir */
+    const char *router_host; /* numeric address of the router's node port */
     int router_port;
-    const char *node_id;          /* NULL = role-host-pid */
-    const char *listen_host;      /* transport + metrics address (numeric) */
-    int metrics_port;             /* 0 = pick one */
+    const char *node_id;     /* NULL = role-host-pid */
+    const char *listen_host; /* transport + metrics address (numeric) */
+    int metrics_port;        /* 0 = pick one */
     kvl_dtype kv_dtype;
-    uint32_t kv_pages;            /* pages per layer in the pool */
-    int threads;                  /* compute threads (0 = all cores) */
-    uint32_t max_batch;           /* sequences decoded together at most */
-    int32_t prefill_chunk;        /* tokens per prefill chunk */
-    const char *kvx_path;         /* "auto" | "rma" | "am" */
-    eng_device device;            /* where the model runs and the KV pool lives */
+    uint32_t kv_pages;     /* pages per layer in the pool */
+    int threads;           /* compute threads (0 = all cores) */
+    uint32_t max_batch;    /* sequences decoded together at most */
+    int32_t prefill_chunk; /* tokens per prefill chunk */
+    const char *kvx_path;  /* "auto" | "rma" | "am" */
+    eng_device device;     /* where the model runs and the KV pool lives */
 } mls_node_config;
 
 typedef struct node_role_ops node_role_ops; /* node_role.h */

@@ -54,7 +54,8 @@ static int node_parse_router(const char *arg, mls_node_config *cfg)
 
 static int node_parse_role(const char *arg, mls_node_config *cfg)
 {
-    static const mls_node_role all[] = {MLS_NODE_ROLE_PREFILL, MLS_NODE_ROLE_DECODE, MLS_NODE_ROLE_COLOCATED};
+    static const mls_node_role all[] = {MLS_NODE_ROLE_PREFILL, MLS_NODE_ROLE_DECODE,
+                                        MLS_NODE_ROLE_COLOCATED};
 
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         if (strcmp(arg, mls_node_role_name(all[i])) == 0) {
@@ -68,15 +69,22 @@ static int node_parse_role(const char *arg, mls_node_config *cfg)
 
 int mls_node_parse_args(int argc, char **argv, mls_node_role default_role, mls_node_config *cfg)
 {
-    static const struct option opts[] = {
-        {"model", required_argument, NULL, 'm'},     {"model-name", required_argument, NULL, 'N'},
-        {"router", required_argument, NULL, 'r'},    {"role", required_argument, NULL, 'R'},
-        {"node-id", required_argument, NULL, 'i'},   {"listen", required_argument, NULL, 'l'},
-        {"metrics-port", required_argument, NULL, 'p'}, {"kv-dtype", required_argument, NULL, 'k'},
-        {"kv-pages", required_argument, NULL, 'P'},  {"max-batch", required_argument, NULL, 'b'},
-        {"threads", required_argument, NULL, 'j'},   {"prefill-chunk", required_argument, NULL, 'c'},
-        {"kvx-path", required_argument, NULL, 'x'},  {"device", required_argument, NULL, 'd'},
-        {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"model", required_argument, NULL, 'm'},
+                                         {"model-name", required_argument, NULL, 'N'},
+                                         {"router", required_argument, NULL, 'r'},
+                                         {"role", required_argument, NULL, 'R'},
+                                         {"node-id", required_argument, NULL, 'i'},
+                                         {"listen", required_argument, NULL, 'l'},
+                                         {"metrics-port", required_argument, NULL, 'p'},
+                                         {"kv-dtype", required_argument, NULL, 'k'},
+                                         {"kv-pages", required_argument, NULL, 'P'},
+                                         {"max-batch", required_argument, NULL, 'b'},
+                                         {"threads", required_argument, NULL, 'j'},
+                                         {"prefill-chunk", required_argument, NULL, 'c'},
+                                         {"kvx-path", required_argument, NULL, 'x'},
+                                         {"device", required_argument, NULL, 'd'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
     mls_err err = {{0}};
     int c, rc = -1;
 
@@ -85,32 +93,60 @@ int mls_node_parse_args(int argc, char **argv, mls_node_role default_role, mls_n
     optind = 1;
     while (rc < 0 && (c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
-        case 'm': cfg->model_dir = optarg; break;
-        case 'N': cfg->model_name = optarg; break;
-        case 'r': rc = node_parse_router(optarg, cfg); break;
-        case 'R': rc = node_parse_role(optarg, cfg); break;
-        case 'i': cfg->node_id = optarg; break;
-        case 'l': cfg->listen_host = optarg; break;
-        case 'p': cfg->metrics_port = atoi(optarg); break;
+        case 'm':
+            cfg->model_dir = optarg;
+            break;
+        case 'N':
+            cfg->model_name = optarg;
+            break;
+        case 'r':
+            rc = node_parse_router(optarg, cfg);
+            break;
+        case 'R':
+            rc = node_parse_role(optarg, cfg);
+            break;
+        case 'i':
+            cfg->node_id = optarg;
+            break;
+        case 'l':
+            cfg->listen_host = optarg;
+            break;
+        case 'p':
+            cfg->metrics_port = atoi(optarg);
+            break;
         case 'k':
             if (kvl_dtype_parse(optarg, &cfg->kv_dtype) != MLS_OK) {
                 fprintf(stderr, "--kv-dtype must be f32, bf16 or fp8\n");
                 rc = 2;
             }
             break;
-        case 'P': cfg->kv_pages = (uint32_t)strtoul(optarg, NULL, 10); break;
-        case 'b': cfg->max_batch = (uint32_t)strtoul(optarg, NULL, 10); break;
-        case 'j': cfg->threads = atoi(optarg); break;
-        case 'c': cfg->prefill_chunk = atoi(optarg); break;
-        case 'x': cfg->kvx_path = optarg; break;
+        case 'P':
+            cfg->kv_pages = (uint32_t)strtoul(optarg, NULL, 10);
+            break;
+        case 'b':
+            cfg->max_batch = (uint32_t)strtoul(optarg, NULL, 10);
+            break;
+        case 'j':
+            cfg->threads = atoi(optarg);
+            break;
+        case 'c':
+            cfg->prefill_chunk = atoi(optarg);
+            break;
+        case 'x':
+            cfg->kvx_path = optarg;
+            break;
         case 'd':
             if (eng_device_parse(optarg, &cfg->device) != MLS_OK) {
                 fprintf(stderr, "--device must be cpu or cuda\n");
                 rc = 2;
             }
             break;
-        case 'h': node_usage(stdout, default_role); return 0;
-        default: node_usage(stderr, default_role); return 2;
+        case 'h':
+            node_usage(stdout, default_role);
+            return 0;
+        default:
+            node_usage(stderr, default_role);
+            return 2;
         }
     }
     if (rc >= 0) {
@@ -121,7 +157,8 @@ int mls_node_parse_args(int argc, char **argv, mls_node_role default_role, mls_n
         node_usage(stderr, default_role);
         return 2;
     }
-    if (cfg->kv_pages == 0 || cfg->max_batch == 0 || cfg->max_batch > 1024 || cfg->router_port <= 0) {
+    if (cfg->kv_pages == 0 || cfg->max_batch == 0 || cfg->max_batch > 1024 ||
+        cfg->router_port <= 0) {
         fprintf(stderr, "--kv-pages, --max-batch (1..1024) and --router need sensible values\n");
         return 2;
     }

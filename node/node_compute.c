@@ -135,7 +135,8 @@ void node_compute_handoff(mls_node *n, node_job *job)
 static bool node_compute_busy(mls_node *n)
 {
     for (int i = 0; i < 2; i++) {
-        if (n->roles[i] != NULL && n->roles[i]->compute_busy != NULL && n->roles[i]->compute_busy(n)) {
+        if (n->roles[i] != NULL && n->roles[i]->compute_busy != NULL &&
+            n->roles[i]->compute_busy(n)) {
             return true;
         }
     }

@@ -24,8 +24,11 @@ void mls_node_config_default(mls_node_config *cfg)
 const char *mls_node_role_name(mls_node_role role)
 {
     switch (role) {
-    case MLS_NODE_ROLE_PREFILL: return "prefill";
-    case MLS_NODE_ROLE_DECODE: return "decode";
-    default: return "colocated";
+    case MLS_NODE_ROLE_PREFILL:
+        return "prefill";
+    case MLS_NODE_ROLE_DECODE:
+        return "decode";
+    default:
+        return "colocated";
     }
 }

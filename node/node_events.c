@@ -78,10 +78,18 @@ static void node_on_event(mls_node *n, node_event *ev)
     node_job *job = ev->job;
 
     switch (ev->kind) {
-    case NODE_EV_FIRST: node_on_first(n, ev); break;
-    case NODE_EV_TOKEN: node_on_token(n, ev); break;
-    case NODE_EV_FINISH: node_on_finish(n, ev); break;
-    case NODE_EV_ERROR: node_job_fail(n, job, ev->st, ev->msg); break;
+    case NODE_EV_FIRST:
+        node_on_first(n, ev);
+        break;
+    case NODE_EV_TOKEN:
+        node_on_token(n, ev);
+        break;
+    case NODE_EV_FINISH:
+        node_on_finish(n, ev);
+        break;
+    case NODE_EV_ERROR:
+        node_job_fail(n, job, ev->st, ev->msg);
+        break;
     case NODE_EV_COMPUTE_DONE:
         job->compute_done = true;
         if (job->xreq == NULL || job->xfer_done) {

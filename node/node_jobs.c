@@ -59,7 +59,9 @@ void node_job_fill_sampling(node_job *job, const Mlaserve__SamplingParams *sp)
     job->seed = sp && sp->has_seed ? sp->seed : (uint64_t)mls_now_ns();
     job->max_tokens = sp && sp->max_tokens > 0 ? sp->max_tokens : 16;
     job->ignore_eos = sp ? sp->ignore_eos : false;
-    job->top_logprobs = sp == NULL ? 0 : sp->top_logprobs < NODE_MAX_TOP ? sp->top_logprobs : NODE_MAX_TOP;
+    job->top_logprobs = sp == NULL                        ? 0
+                        : sp->top_logprobs < NODE_MAX_TOP ? sp->top_logprobs
+                                                          : NODE_MAX_TOP;
 }
 
 void node_job_cancel(mls_node *n, node_job *job)

@@ -18,11 +18,13 @@ static void node_dial(mls_node *n);
 
 static void node_report_fill(mls_node *n, Mlaserve__LoadReport *r)
 {
-    uint64_t now = mls_now_ns(), tokens = atomic_load(&n->tokens_generated) + atomic_load(&n->tokens_prefilled);
+    uint64_t now = mls_now_ns(),
+             tokens = atomic_load(&n->tokens_generated) + atomic_load(&n->tokens_prefilled);
     uint32_t total = eng_kv_pool_pages_total(n->pool), free_pages = eng_kv_pool_pages_free(n->pool);
 
     if (n->last_report_ns != 0 && now > n->last_report_ns) {
-        n->tokens_per_s = (double)(tokens - n->last_report_tokens) * 1e9 / (double)(now - n->last_report_ns);
+        n->tokens_per_s =
+            (double)(tokens - n->last_report_tokens) * 1e9 / (double)(now - n->last_report_ns);
     }
     n->last_report_ns = now;
     n->last_report_tokens = tokens;
@@ -96,7 +98,9 @@ static void node_on_msg(mls_conn *conn, Mlaserve__Envelope *env, void *user)
             return;
         }
         n->registered = true;
-        n->heartbeat_ms = env->register_ack->heartbeat_interval_ms ? env->register_ack->heartbeat_interval_ms : 1000;
+        n->heartbeat_ms = env->register_ack->heartbeat_interval_ms
+                              ? env->register_ack->heartbeat_interval_ms
+                              : 1000;
         uv_timer_start(&n->heartbeat_timer, node_on_heartbeat, 0, n->heartbeat_ms);
         mls_info("node %s: registered with the router", n->node_id);
         return;
@@ -156,9 +160,12 @@ static void node_on_router_close(mls_conn *conn, mls_status st, void *user)
 static Mlaserve__Role node_role_to_wire(mls_node_role role)
 {
     switch (role) {
-    case MLS_NODE_ROLE_PREFILL: return MLASERVE__ROLE__ROLE_PREFILL;
-    case MLS_NODE_ROLE_DECODE: return MLASERVE__ROLE__ROLE_DECODE;
-    default: return MLASERVE__ROLE__ROLE_COLOCATED;
+    case MLS_NODE_ROLE_PREFILL:
+        return MLASERVE__ROLE__ROLE_PREFILL;
+    case MLS_NODE_ROLE_DECODE:
+        return MLASERVE__ROLE__ROLE_DECODE;
+    default:
+        return MLASERVE__ROLE__ROLE_COLOCATED;
     }
 }
 
@@ -191,9 +198,10 @@ static void node_on_router_connect(mls_conn *conn, mls_status st, void *user)
     cap.page_bytes = n->layout.page_bytes * (uint64_t)c->num_hidden_layers;
     cap.kv_dtype = mls_proto_kv_dtype_to_wire(n->layout.dtype);
     cap.max_batch = n->cfg.max_batch;
-    cap.max_seq_len = (uint32_t)(c->max_position_embeddings < (int64_t)cap.kv_pages_total * KVL_PAGE_TOKENS
-                                     ? c->max_position_embeddings
-                                     : (int64_t)cap.kv_pages_total * KVL_PAGE_TOKENS);
+    cap.max_seq_len =
+        (uint32_t)(c->max_position_embeddings < (int64_t)cap.kv_pages_total * KVL_PAGE_TOKENS
+                       ? c->max_position_embeddings
+                       : (int64_t)cap.kv_pages_total * KVL_PAGE_TOKENS);
     cap.max_prefill_tokens = (uint32_t)n->cfg.prefill_chunk;
     r.capacity = &cap;
     r.ucx_worker_address.data = (uint8_t *)n->xfer_addr;

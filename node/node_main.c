@@ -87,8 +87,9 @@ static mls_status node_setup_model(mls_node *n, mls_err *err)
         return st;
     }
     c = eng_model_config(n->model);
-    if ((st = kvl_layout_init(n->cfg.kv_dtype, (uint32_t)c->kv_lora_rank, (uint32_t)c->qk_rope_head_dim,
-                              eng_model_fingerprint(n->model), &n->layout)) != MLS_OK) {
+    if ((st = kvl_layout_init(n->cfg.kv_dtype, (uint32_t)c->kv_lora_rank,
+                              (uint32_t)c->qk_rope_head_dim, eng_model_fingerprint(n->model),
+                              &n->layout)) != MLS_OK) {
         mls_err_set(err, "the model's latent shape does not fit the KV layout");
     }
     return st;
@@ -125,8 +126,8 @@ static mls_status node_setup_engine(mls_node *n, mls_err *err)
     }
     if (n->pool == NULL) {
         eng_kv_pool_opts po = {.device = n->cfg.device};
-        if ((st = eng_kv_pool_create_opts(&n->layout, (int32_t)n_layers, n->cfg.kv_pages, &po, &n->pool, err)) !=
-            MLS_OK) {
+        if ((st = eng_kv_pool_create_opts(&n->layout, (int32_t)n_layers, n->cfg.kv_pages, &po,
+                                          &n->pool, err)) != MLS_OK) {
             return st;
         }
     }
@@ -151,7 +152,8 @@ static mls_status node_setup_http(mls_node *n, mls_err *err)
     mls_http_config_default(&hc);
     hc.host = n->cfg.listen_host;
     hc.port = n->cfg.metrics_port;
-    if ((st = mls_http_server_create(&n->loop, &hc, node_metrics_on_http, n, &n->http, err)) != MLS_OK) {
+    if ((st = mls_http_server_create(&n->loop, &hc, node_metrics_on_http, n, &n->http, err)) !=
+        MLS_OK) {
         return st;
     }
     n->metrics_port = mls_http_server_port(n->http);
@@ -194,8 +196,8 @@ static void node_name(mls_node *n)
     if (cfg->node_id != NULL) {
         snprintf(n->node_id, sizeof(n->node_id), "%s", cfg->node_id);
     } else {
-        snprintf(n->node_id, sizeof(n->node_id), "%s-%s-%d", mls_node_role_name(cfg->role), cfg->listen_host,
-                 (int)getpid());
+        snprintf(n->node_id, sizeof(n->node_id), "%s-%s-%d", mls_node_role_name(cfg->role),
+                 cfg->listen_host, (int)getpid());
     }
     snprintf(n->model_name, sizeof(n->model_name), "%s",
              cfg->model_name ? cfg->model_name : (base && base[1] ? base + 1 : cfg->model_dir));
@@ -258,9 +260,10 @@ int mls_node_main(const mls_node_config *cfg, const mls_node_roles *roles)
         fprintf(stderr, "mlaserve-%s: cannot start the compute thread\n", who);
         goto out_close_loop;
     }
-    fprintf(stderr, "mlaserve-%s %s: model %s, kv %s x %u pages, metrics http://%s:%d/metrics%s%s\n", who,
-            n->node_id, n->model_name, kvl_dtype_name(n->layout.dtype), cfg->kv_pages, cfg->listen_host,
-            n->metrics_port, n->xfer_addr[0] ? ", kv transport " : "", n->xfer_addr);
+    fprintf(
+        stderr, "mlaserve-%s %s: model %s, kv %s x %u pages, metrics http://%s:%d/metrics%s%s\n",
+        who, n->node_id, n->model_name, kvl_dtype_name(n->layout.dtype), cfg->kv_pages,
+        cfg->listen_host, n->metrics_port, n->xfer_addr[0] ? ", kv transport " : "", n->xfer_addr);
     node_link_start(n);
     uv_run(&n->loop, UV_RUN_DEFAULT);
     rc = 0;

@@ -31,27 +31,30 @@ typedef enum {
 typedef struct {
     const char *name;
     const char *help;
-    bool counter;                /* else a gauge */
-    const char *label, *value;   /* one extra label, or NULL */
+    bool counter;              /* else a gauge */
+    const char *label, *value; /* one extra label, or NULL */
 } node_metric_def;
 
 static const node_metric_def node_metric_defs[NODE_M_COUNT] = {
-    [NODE_M_KV_TOTAL] = {"mlaserve:kv_pages_total", "KV pages in the pool (per layer).", false, NULL, NULL},
+    [NODE_M_KV_TOTAL] = {"mlaserve:kv_pages_total", "KV pages in the pool (per layer).", false,
+                         NULL, NULL},
     [NODE_M_KV_FREE] = {MLS_PROM_KV_PAGES_FREE, "Free KV pages.", false, NULL, NULL},
     [NODE_M_KV_USED] = {MLS_PROM_KV_PAGES_USED, "KV pages held by requests.", false, NULL, NULL},
-    [NODE_M_KV_RESERVED] = {"mlaserve:kv_pages_reserved", "KV pages leased for transfers in flight.", false,
-                            NULL, NULL},
-    [NODE_M_KV_USAGE] = {MLS_PROM_KV_USAGE, "Fraction of KV pages in use (0..1).", false, NULL, NULL},
+    [NODE_M_KV_RESERVED] = {"mlaserve:kv_pages_reserved",
+                            "KV pages leased for transfers in flight.", false, NULL, NULL},
+    [NODE_M_KV_USAGE] = {MLS_PROM_KV_USAGE, "Fraction of KV pages in use (0..1).", false, NULL,
+                         NULL},
     [NODE_M_RUNNING] = {MLS_PROM_RUNNING, "Sequences in the decode batch.", false, NULL, NULL},
-    [NODE_M_WAITING] = {MLS_PROM_WAITING, "Sequences waiting for a batch slot or prefill.", false, NULL, NULL},
+    [NODE_M_WAITING] = {MLS_PROM_WAITING, "Sequences waiting for a batch slot or prefill.", false,
+                        NULL, NULL},
     [NODE_M_GEN_TOKENS] = {MLS_PROM_GEN_TOKENS, "Tokens generated.", true, NULL, NULL},
     [NODE_M_PROMPT_TOKENS] = {MLS_PROM_PROMPT_TOKENS, "Prompt tokens prefilled.", true, NULL, NULL},
     [NODE_M_XFER_SENT] = {MLS_PROM_KV_XFER_BYTES, "KV bytes sent, or received and verified.", true,
                           "direction", "sent"},
-    [NODE_M_XFER_RECEIVED] = {MLS_PROM_KV_XFER_BYTES, "KV bytes sent, or received and verified.", true,
-                              "direction", "received"},
-    [NODE_M_FAILURES] = {"mlaserve:request_failures_total", "Requests that failed on this node.", true, NULL,
-                         NULL},
+    [NODE_M_XFER_RECEIVED] = {MLS_PROM_KV_XFER_BYTES, "KV bytes sent, or received and verified.",
+                              true, "direction", "received"},
+    [NODE_M_FAILURES] = {"mlaserve:request_failures_total", "Requests that failed on this node.",
+                         true, NULL, NULL},
 };
 
 struct node_metrics {
@@ -152,7 +155,8 @@ void node_metrics_on_http(mls_http_req *req, void *user)
     }
     node_metrics_update(n);
     if (mls_prom_render(n->prom, &text, &len) != MLS_OK) {
-        mls_http_req_respond_error(req, 500, "server_error", NULL, NULL, "cannot render the metrics");
+        mls_http_req_respond_error(req, 500, "server_error", NULL, NULL,
+                                   "cannot render the metrics");
         return;
     }
     mls_http_req_respond(req, 200, MLS_PROM_CONTENT_TYPE, text, len);

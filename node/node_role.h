@@ -25,36 +25,36 @@
 #include "node.h"
 
 typedef enum {
-    NODE_PHASE_PREFILL,          /* compute: run the prompt (prefill role) */
-    NODE_PHASE_DECODE,           /* compute: in the continuous batch (decode role) */
+    NODE_PHASE_PREFILL, /* compute: run the prompt (prefill role) */
+    NODE_PHASE_DECODE,  /* compute: in the continuous batch (decode role) */
     NODE_PHASE_COUNT
 } node_phase;
 
 typedef struct node_job {
     uint64_t rid;
-    struct node_job *next_reg;   /* loop: registry list */
-    struct node_job *next_q;     /* queue link (inbox / a role's compute queues) */
+    struct node_job *next_reg; /* loop: registry list */
+    struct node_job *next_q;   /* queue link (inbox / a role's compute queues) */
     node_phase phase;
     /* the request (immutable once handed to compute) */
-    int32_t *prompt;             /* (n_prompt) prefill only */
+    int32_t *prompt; /* (n_prompt) prefill only */
     int32_t n_prompt;
     eng_sampling sampling;
     uint64_t seed;
-    uint32_t max_tokens;         /* completion tokens at most */
+    uint32_t max_tokens; /* completion tokens at most */
     bool ignore_eos;
-    uint32_t top_logprobs;       /* alternatives to report per token (0..NODE_MAX_TOP) */
-    uint32_t n_generated;        /* completion tokens so far (compute once running) */
-    int32_t last_token;          /* compute: next token to feed */
-    uint32_t *pages;             /* (n_pages) reserved pages (decode) / remote ids (prefill) */
+    uint32_t top_logprobs; /* alternatives to report per token (0..NODE_MAX_TOP) */
+    uint32_t n_generated;  /* completion tokens so far (compute once running) */
+    int32_t last_token;    /* compute: next token to feed */
+    uint32_t *pages;       /* (n_pages) reserved pages (decode) / remote ids (prefill) */
     uint32_t n_pages;
-    bool failed;                 /* loop: an Error went to the router: send nothing else */
+    bool failed; /* loop: an Error went to the router: send nothing else */
     /* decode role, loop thread */
     bool kv_ready;
     bool start_received;
-    bool reserved;               /* a transport reservation is open */
-    uint64_t t_ready_ns;         /* KV ready, waiting for StartDecode since */
+    bool reserved;       /* a transport reservation is open */
+    uint64_t t_ready_ns; /* KV ready, waiting for StartDecode since */
     /* prefill role, loop thread */
-    char decode_addr[80];        /* transport address of the decode node ("" = colocated) */
+    char decode_addr[80]; /* transport address of the decode node ("" = colocated) */
     bool compute_done;
     bool xfer_done;
     kvx_req *xreq;
@@ -81,12 +81,12 @@ typedef struct node_event {
     int32_t token;
     float logprob;
     uint32_t index;
-    int32_t reason;              /* Mlaserve__FinishReason */
+    int32_t reason; /* Mlaserve__FinishReason */
     mls_status st;
     uint32_t prompt_tokens;
     uint32_t completion_tokens;
     uint64_t ns;
-    uint32_t n_top;              /* alternatives: ids and logprobs, best first */
+    uint32_t n_top; /* alternatives: ids and logprobs, best first */
     int32_t top_ids[NODE_MAX_TOP];
     float top_logprobs[NODE_MAX_TOP];
     char msg[160];
@@ -102,7 +102,7 @@ typedef struct mls_node mls_node;
  */
 struct node_role_ops {
     const char *name;
-    node_phase phase;            /* jobs of this phase are this role's on the compute thread */
+    node_phase phase; /* jobs of this phase are this role's on the compute thread */
     /* loop, at start-up once the model, layout and transport exist: the role's
      * resources. The decode role may set n->pool (a KV pool in transport
      * memory); a node whose roles set none gets a private pool. */
@@ -129,7 +129,7 @@ struct node_role_ops {
 
 struct mls_node {
     mls_node_config cfg;
-    const node_role_ops *roles[2];   /* in calling order; NULL = none */
+    const node_role_ops *roles[2];      /* in calling order; NULL = none */
     void *role_state[NODE_PHASE_COUNT]; /* each role's own state, by its phase */
     char node_id[96];
     char model_name[128];
@@ -141,7 +141,7 @@ struct mls_node {
     kvl_layout layout;
     /* transport (prefill and decode roles) */
     kvx_ctx *kvx;
-    char xfer_addr[80];          /* decode: "host:port" the prefill nodes dial */
+    char xfer_addr[80]; /* decode: "host:port" the prefill nodes dial */
     /* router connection (loop) */
     mls_conn *router;
     bool registered;
@@ -156,10 +156,10 @@ struct mls_node {
     struct node_metrics *metrics;
     uv_signal_t sigint, sigterm;
     uv_timer_t drain_timer;
-    bool draining;               /* refusing new work, finishing what runs */
+    bool draining; /* refusing new work, finishing what runs */
     uint64_t drain_deadline_ns;
     bool stopping;
-    node_job *jobs;              /* loop: registry of open requests */
+    node_job *jobs; /* loop: registry of open requests */
     /* loop <- compute */
     uv_async_t wake;
     pthread_mutex_t out_lock;
@@ -172,8 +172,8 @@ struct mls_node {
     node_job *in_head, *in_tail;
     bool compute_stop;
     /* compute-thread scratch */
-    float *logits;               /* (max_batch, vocab) */
-    float *sample_scratch;       /* (2 * vocab) */
+    float *logits;         /* (max_batch, vocab) */
+    float *sample_scratch; /* (2 * vocab) */
     /* load counters (atomics: roles update them, the loop reads them) */
     atomic_uint n_running;
     atomic_uint n_waiting;
@@ -183,7 +183,7 @@ struct mls_node {
     atomic_ullong tokens_prefilled;
     atomic_ullong requests_finished;
     atomic_ullong requests_failed;
-    double tokens_per_s;         /* loop: over the last report interval */
+    double tokens_per_s; /* loop: over the last report interval */
     uint64_t last_report_tokens;
     uint64_t last_report_ns;
 };

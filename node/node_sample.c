@@ -55,7 +55,8 @@ bool node_sample(mls_node *n, node_job *job, const float *logits, int32_t *token
     eng_rng rng;
 
     node_rng_for(job->seed, job->n_generated, &rng);
-    *token_p = eng_sample(logits, c->vocab_size, &job->sampling, &rng, n->sample_scratch, logprob_p);
+    *token_p =
+        eng_sample(logits, c->vocab_size, &job->sampling, &rng, n->sample_scratch, logprob_p);
     job->n_generated++;
     job->last_token = *token_p;
     if (!job->ignore_eos && *token_p == c->eos_token_id) {

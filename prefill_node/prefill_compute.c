@@ -32,10 +32,11 @@ static void prefill_layer_send(void *arg, int32_t layer, int32_t b, int32_t e)
         int32_t run = e - p < page_left ? e - p : page_left; /* rows of one page are contiguous */
         const uint8_t *rows = kvl_row_cptr(layout, base, job->seq.pages, (uint64_t)p);
         mls_err err = {{0}};
-        mls_status st = kvx_send_layer(job->xreq, (uint32_t)layer, (uint32_t)p, (uint32_t)run, rows, &err);
+        mls_status st =
+            kvx_send_layer(job->xreq, (uint32_t)layer, (uint32_t)p, (uint32_t)run, rows, &err);
         if (st != MLS_OK) {
-            mls_warn("node: request %llu: sending layer %d failed: %s", (unsigned long long)job->rid, layer,
-                     err.msg);
+            mls_warn("node: request %llu: sending layer %d failed: %s",
+                     (unsigned long long)job->rid, layer, err.msg);
             pc->st = st;
             return;
         }
@@ -46,7 +47,8 @@ static void prefill_layer_send(void *arg, int32_t layer, int32_t b, int32_t e)
 static void prefill_run(mls_node *n, node_job *job)
 {
     bool remote = job->decode_addr[0] != '\0';
-    int32_t need = remote ? job->n_prompt : job->n_prompt + (int32_t)(job->max_tokens - job->n_generated) + 1;
+    int32_t need =
+        remote ? job->n_prompt : job->n_prompt + (int32_t)(job->max_tokens - job->n_generated) + 1;
     prefill_send_ctx pc = {n, job, MLS_OK};
     node_event *ev;
     float logprob = 0.0f;
@@ -74,7 +76,8 @@ static void prefill_run(mls_node *n, node_job *job)
     }
     if (st != MLS_OK) {
         if (!atomic_load(&job->cancelled)) {
-            node_post_error(n, job, st, remote ? "KV transfer failed during prefill" : "prefill failed");
+            node_post_error(n, job, st,
+                            remote ? "KV transfer failed during prefill" : "prefill failed");
         }
         if (remote) {
             kvx_req_abort(job->xreq);
@@ -93,7 +96,8 @@ static void prefill_run(mls_node *n, node_job *job)
     if (remote) {
         mls_err err = {{0}};
         if (kvx_finish(job->xreq, &err) != MLS_OK) {
-            mls_warn("node: request %llu: finishing the transfer: %s", (unsigned long long)job->rid, err.msg);
+            mls_warn("node: request %llu: finishing the transfer: %s", (unsigned long long)job->rid,
+                     err.msg);
         }
         node_job_leave(n, job, true); /* the loop frees the pages once the transfer is done */
         return;

@@ -8,7 +8,7 @@
 #include "prefill.h"
 
 typedef struct {
-    node_job *queue;             /* compute: prompts waiting, FIFO, linked by next_q */
+    node_job *queue; /* compute: prompts waiting, FIFO, linked by next_q */
 } prefill_state;
 
 /* prefill_compute.c (compute thread) */

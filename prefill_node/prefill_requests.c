@@ -49,13 +49,14 @@ static const char *prefill_refusal(mls_node *n, const Mlaserve__PrefillRequest *
     }
     for (size_t i = 0; i < m->n_prompt_token_ids; i++) {
         if (m->prompt_token_ids[i] < 0 || m->prompt_token_ids[i] >= c->vocab_size) {
-            mls_err_set(err, "prompt token %d at %zu is outside the vocabulary (%d)", m->prompt_token_ids[i], i,
-                        c->vocab_size);
+            mls_err_set(err, "prompt token %d at %zu is outside the vocabulary (%d)",
+                        m->prompt_token_ids[i], i, c->vocab_size);
             return err->msg;
         }
     }
-    if (remote && (m->decode_address.len >= sizeof(((node_job *)0)->decode_addr) || m->n_page_ids == 0 ||
-                   (uint64_t)m->n_page_ids * KVL_PAGE_TOKENS < m->n_prompt_token_ids)) {
+    if (remote &&
+        (m->decode_address.len >= sizeof(((node_job *)0)->decode_addr) || m->n_page_ids == 0 ||
+         (uint64_t)m->n_page_ids * KVL_PAGE_TOKENS < m->n_prompt_token_ids)) {
         return "decode address or reserved pages do not fit the prompt";
     }
     if (node_job_find(n, m->request_id) != NULL) {

@@ -24,26 +24,26 @@
 #include "mls_num.h"
 #include "mls_test.h"
 
-#define TN_PAGES 64u
+#define TN_PAGES      64u
 #define TN_MAX_EVENTS 8192
 
 typedef struct {
     Mlaserve__Envelope__MsgCase kind;
     uint64_t rid;
-    uint32_t index;              /* first token: 0; TokenChunk: first_index */
-    uint32_t n;                  /* TokenChunk: tokens */
-    int32_t reason;              /* Finish */
-    uint32_t completion_tokens;  /* Finish */
-    uint32_t pages_free;         /* LoadReport */
-    uint64_t seq;                /* LoadReport */
-    int32_t status;              /* Reserved */
+    uint32_t index;             /* first token: 0; TokenChunk: first_index */
+    uint32_t n;                 /* TokenChunk: tokens */
+    int32_t reason;             /* Finish */
+    uint32_t completion_tokens; /* Finish */
+    uint32_t pages_free;        /* LoadReport */
+    uint64_t seq;               /* LoadReport */
+    int32_t status;             /* Reserved */
 } tn_event;
 
 typedef struct {
     uv_loop_t loop;
     uv_tcp_t server;
     int port;
-    mls_conn *conn;              /* the node's connection, NULL while none */
+    mls_conn *conn; /* the node's connection, NULL while none */
     int n_registers;
     Mlaserve__Role role;
     char node_id[96];
@@ -219,9 +219,9 @@ static void tn_start_node(const char *role)
     tn.n_ev = 0;
     pid = fork();
     if (pid == 0) {
-        execl(MLS_BIN_DIR "/mlaserve-decode", "mlaserve-decode", "--model", tn.model, "--router", port, "--role",
-              role, "--node-id", "tn-node", "--kv-pages", pages, "--threads", "1", "--max-batch", "8",
-              (char *)NULL);
+        execl(MLS_BIN_DIR "/mlaserve-decode", "mlaserve-decode", "--model", tn.model, "--router",
+              port, "--role", role, "--node-id", "tn-node", "--kv-pages", pages, "--threads", "1",
+              "--max-batch", "8", (char *)NULL);
         _exit(127);
     }
     tn.pid = pid;
@@ -282,7 +282,7 @@ static void test_registration_and_reports(void)
     CHECK(tn.fingerprint != 0);
     CHECK(tn.has_layout);
     CHECK_EQ_INT(tn.pages_total, TN_PAGES);
-    CHECK(tn.xfer_addr_len > 0);      /* a decode node names its KV listener */
+    CHECK(tn.xfer_addr_len > 0); /* a decode node names its KV listener */
     CHECK(tn.metrics_port > 0);
     /* reports every heartbeat (100 ms here), numbered */
     CHECK(tn_wait_count(MLASERVE__ENVELOPE__MSG_LOAD_REPORT, 0, 3, 5000));
@@ -294,10 +294,12 @@ static void test_registration_and_reports(void)
     cl_response_free(&resp);
     CHECK_EQ_INT(cl_get((int)tn.metrics_port, "/metrics", 10, &resp), 0);
     CHECK_EQ_INT(resp.status, 200);
-    snprintf(want, sizeof(want), "mlaserve:kv_pages_free{role=\"decode\",node=\"tn-node\"} %u", TN_PAGES);
+    snprintf(want, sizeof(want), "mlaserve:kv_pages_free{role=\"decode\",node=\"tn-node\"} %u",
+             TN_PAGES);
     CHECK_MSG(resp.body != NULL && strstr(resp.body, want) != NULL, "no '%s' in /metrics", want);
     CHECK(resp.body != NULL && strstr(resp.body, "mlaserve_node_") == NULL);
-    CHECK(resp.body != NULL && strstr(resp.body, "# TYPE mlaserve:generation_tokens_total counter") != NULL);
+    CHECK(resp.body != NULL &&
+          strstr(resp.body, "# TYPE mlaserve:generation_tokens_total counter") != NULL);
     cl_response_free(&resp);
     /* a prefill request to a decode node is refused, the node goes on */
     tn_send_prefill(7, 4);
@@ -345,9 +347,12 @@ static void test_event_queue_order(void)
     }
     CHECK_EQ_INT(next, 24);
     CHECK_EQ_INT(tn_last(MLASERVE__ENVELOPE__MSG_FINISH)->completion_tokens, 24);
-    CHECK_EQ_INT(tn_last(MLASERVE__ENVELOPE__MSG_FINISH)->reason, MLASERVE__FINISH_REASON__FINISH_REASON_LENGTH);
+    CHECK_EQ_INT(tn_last(MLASERVE__ENVELOPE__MSG_FINISH)->reason,
+                 MLASERVE__FINISH_REASON__FINISH_REASON_LENGTH);
     /* and the pages came back */
-    seq0 = tn_last(MLASERVE__ENVELOPE__MSG_LOAD_REPORT) ? tn_last(MLASERVE__ENVELOPE__MSG_LOAD_REPORT)->seq : 0;
+    seq0 = tn_last(MLASERVE__ENVELOPE__MSG_LOAD_REPORT)
+               ? tn_last(MLASERVE__ENVELOPE__MSG_LOAD_REPORT)->seq
+               : 0;
     CHECK(tn_wait(tn_pred_pages_back, &seq0, 5000));
     tn_stop_node();
 }
@@ -367,7 +372,9 @@ static void test_cancel(void)
     env.cancel = &c;
     mls_conn_send(tn.conn, &env);
     tokens_at_cancel = tn_count(MLASERVE__ENVELOPE__MSG_TOKEN_CHUNK, 21);
-    seq0 = tn_last(MLASERVE__ENVELOPE__MSG_LOAD_REPORT) ? tn_last(MLASERVE__ENVELOPE__MSG_LOAD_REPORT)->seq : 0;
+    seq0 = tn_last(MLASERVE__ENVELOPE__MSG_LOAD_REPORT)
+               ? tn_last(MLASERVE__ENVELOPE__MSG_LOAD_REPORT)->seq
+               : 0;
     CHECK(tn_wait(tn_pred_pages_back, &seq0, 10000));
     CHECK_EQ_INT(tn_count(MLASERVE__ENVELOPE__MSG_FINISH, 21), 0);
     CHECK_MSG(tn_count(MLASERVE__ENVELOPE__MSG_TOKEN_CHUNK, 21) < 3000 - 1,
@@ -405,8 +412,9 @@ static void test_device_cuda_refused(void)
     int rc;
 
     snprintf(log, sizeof(log), "%s.device.log", tn.model);
-    snprintf(cmd, sizeof(cmd), "%s/mlaserve-decode --model %s --router 127.0.0.1:%d --device cuda 2>%s",
-             MLS_BIN_DIR, tn.model, tn.port, log);
+    snprintf(cmd, sizeof(cmd),
+             "%s/mlaserve-decode --model %s --router 127.0.0.1:%d --device cuda 2>%s", MLS_BIN_DIR,
+             tn.model, tn.port, log);
     tn.n_registers = 0;
     rc = system(cmd);
     CHECK(rc != -1 && WIFEXITED(rc) && WEXITSTATUS(rc) != 0);
@@ -429,14 +437,16 @@ int main(void)
 
     signal(SIGPIPE, SIG_IGN);
     snprintf(tn.model, sizeof(tn.model), "/tmp/mls-test-node-%d", (int)getpid());
-    snprintf(cmd, sizeof(cmd), "%s/mlaserve genmodel --preset tiny --out %s --force >/dev/null 2>&1",
-             MLS_BIN_DIR, tn.model);
+    snprintf(cmd, sizeof(cmd),
+             "%s/mlaserve genmodel --preset tiny --out %s --force >/dev/null 2>&1", MLS_BIN_DIR,
+             tn.model);
     if (system(cmd) != 0) {
         fprintf(stderr, "cannot generate the test model: %s\n", cmd);
         return 1;
     }
     uv_loop_init(&tn.loop);
-    if (mls_conn_listen(&tn.loop, &tn.server, "127.0.0.1", 0, tn_on_connection, &tn.port, &err) != MLS_OK) {
+    if (mls_conn_listen(&tn.loop, &tn.server, "127.0.0.1", 0, tn_on_connection, &tn.port, &err) !=
+        MLS_OK) {
         fprintf(stderr, "listen: %s\n", err.msg);
         return 1;
     }
