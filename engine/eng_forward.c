@@ -192,13 +192,13 @@ mls_status eng_ctx_create_opts(const eng_model *model, eng_kv_pool *pool,
                     "on it yet (weights, scratch and the residual/gather glue are host-only)",
                     be->name);
         st = MLS_ERR_UNSUPPORTED;
-        goto undo_backend;
+        goto err_destroy_backend;
     }
     ctx = mls_alloc(MLS_ALLOC_TAG_SCRATCH, sizeof(*ctx));
     if (ctx == NULL) {
         mls_err_set(err, "engine: out of memory for a context");
         st = MLS_ERR_NO_MEMORY;
-        goto undo_backend;
+        goto err_destroy_backend;
     }
     ctx->model = model;
     ctx->pool = pool;
@@ -209,7 +209,7 @@ mls_status eng_ctx_create_opts(const eng_model *model, eng_kv_pool *pool,
     *ctx_p = ctx;
     return MLS_OK;
 
-undo_backend:
+err_destroy_backend:
     be->ctx_destroy(bctx);
     return st;
 }

@@ -93,34 +93,34 @@ mls_status kcu_ctx_create(int device, kcu_ctx **ctx_p, mls_err *err)
     }
     ctx->device = device;
     ctx->gemm_precision = KCU_GEMM_SPLIT;
-    KCU_TRY_CUDA(cudaSetDevice(device), err, st, undo_alloc);
-    KCU_TRY_CUDA(cudaGetDeviceProperties(&prop, device), err, st, undo_alloc);
+    KCU_TRY_CUDA(cudaSetDevice(device), err, st, err_free_ctx);
+    KCU_TRY_CUDA(cudaGetDeviceProperties(&prop, device), err, st, err_free_ctx);
     ctx->sm_count = prop.multiProcessorCount;
     ctx->max_smem_optin = (int)prop.sharedMemPerBlockOptin;
     snprintf(ctx->name, sizeof(ctx->name), "%.200s (sm_%d%d, %d SMs, %.1f GiB)", prop.name,
              prop.major, prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
     KCU_TRY_CUDA(cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking), err, st,
-                 undo_alloc);
-    KCU_TRY_CUBLAS(cublasCreate(&ctx->blas), err, st, undo_stream);
-    KCU_TRY_CUBLAS(cublasSetStream(ctx->blas, ctx->stream), err, st, undo_blas);
-    KCU_TRY_CUBLAS(cublasLtCreate(&ctx->lt), err, st, undo_blas);
+                 err_free_ctx);
+    KCU_TRY_CUBLAS(cublasCreate(&ctx->blas), err, st, err_destroy_stream);
+    KCU_TRY_CUBLAS(cublasSetStream(ctx->blas, ctx->stream), err, st, err_destroy_blas);
+    KCU_TRY_CUBLAS(cublasLtCreate(&ctx->lt), err, st, err_destroy_blas);
     ctx->lt_workspace_bytes = KCU_LT_WORKSPACE_BYTES;
-    KCU_TRY_CUDA(cudaMalloc(&ctx->lt_workspace, ctx->lt_workspace_bytes), err, st, undo_lt);
+    KCU_TRY_CUDA(cudaMalloc(&ctx->lt_workspace, ctx->lt_workspace_bytes), err, st, err_destroy_lt);
     KCU_TRY_CUBLAS(cublasSetWorkspace(ctx->blas, ctx->lt_workspace, ctx->lt_workspace_bytes),
-                   err, st, undo_workspace);
+                   err, st, err_free_workspace);
     *ctx_p = ctx;
     return MLS_OK;
 
-undo_workspace:
+err_free_workspace:
     cudaFree(ctx->lt_workspace);
-undo_lt:
+err_destroy_lt:
     cublasLtDestroy(ctx->lt);
-undo_blas:
+err_destroy_blas:
     cublasDestroy(ctx->blas);
-undo_stream:
+err_destroy_stream:
     cudaStreamDestroy(ctx->stream);
-undo_alloc:
+err_free_ctx:
     free(ctx);
     return st;
 }

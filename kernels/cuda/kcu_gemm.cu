@@ -47,39 +47,40 @@ static mls_status kcu_lt_matmul(kcu_ctx *ctx, bool trans_a, int64_t m, int64_t n
     const cublasOperation_t ta = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, tb = CUBLAS_OP_N;
     const float alpha = 1.0f, beta = 0.0f;
 
-    KCU_TRY_CUBLAS(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F), err, st, done);
+    KCU_TRY_CUBLAS(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F), err, st,
+                   out_destroy_descs);
     KCU_TRY_CUBLAS(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)),
-                   err, st, done);
+                   err, st, out_destroy_descs);
     KCU_TRY_CUBLAS(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)),
-                   err, st, done);
+                   err, st, out_destroy_descs);
     KCU_TRY_CUBLAS(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, trans_a ? (uint64_t)k : (uint64_t)m,
                                               trans_a ? (uint64_t)m : (uint64_t)k, lda),
-                   err, st, done);
+                   err, st, out_destroy_descs);
     KCU_TRY_CUBLAS(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, (uint64_t)k, (uint64_t)ncol, k),
-                   err, st, done);
+                   err, st, out_destroy_descs);
     KCU_TRY_CUBLAS(cublasLtMatrixLayoutCreate(&ld, CUDA_R_32F, (uint64_t)m, (uint64_t)ncol, m),
-                   err, st, done);
-    KCU_TRY_CUBLAS(cublasLtMatmulPreferenceCreate(&pref), err, st, done);
+                   err, st, out_destroy_descs);
+    KCU_TRY_CUBLAS(cublasLtMatmulPreferenceCreate(&pref), err, st, out_destroy_descs);
     KCU_TRY_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref,
                                                         CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                         &ctx->lt_workspace_bytes,
                                                         sizeof(ctx->lt_workspace_bytes)),
-                   err, st, done);
+                   err, st, out_destroy_descs);
     KCU_TRY_CUBLAS(cublasLtMatmulAlgoGetHeuristic(ctx->lt, op, la, lb, ld, ld, pref, 1, &heur,
                                                   &found),
-                   err, st, done);
+                   err, st, out_destroy_descs);
     if (found > 0) {
         KCU_TRY_CUBLAS(cublasLtMatmul(ctx->lt, op, &alpha, A, la, B, lb, &beta, D, ld, D, ld,
                                       &heur.algo, ctx->lt_workspace, ctx->lt_workspace_bytes,
                                       ctx->stream),
-                       err, st, done);
+                       err, st, out_destroy_descs);
     } else { /* no Lt algorithm for this shape: the classic entry point */
         KCU_TRY_CUBLAS(cublasGemmEx(ctx->blas, ta, tb, (int)m, (int)ncol, (int)k, &alpha, A,
                                     CUDA_R_16BF, (int)lda, B, CUDA_R_16BF, (int)k, &beta, D,
                                     CUDA_R_32F, (int)m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                       err, st, done);
+                       err, st, out_destroy_descs);
     }
-done:
+out_destroy_descs:
     if (pref != NULL) {
         cublasLtMatmulPreferenceDestroy(pref);
     }

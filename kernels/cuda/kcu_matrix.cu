@@ -79,11 +79,11 @@ extern "C" mls_status kcu_matrix_upload(kcu_ctx *ctx, const kc_matrix *w, kcu_ar
     m.cols = w->cols;
     if (arena != NULL) {
         void *p = NULL;
-        KCU_TRY(kcu_arena_carve(arena, (size_t)n * 2, 256, &p, err), st, undo_none);
+        KCU_TRY(kcu_arena_carve(arena, (size_t)n * 2, 256, &p, err), st, err);
         m.data = (uint16_t *)p;
     } else {
         void *p = NULL;
-        KCU_TRY(kcu_malloc((size_t)n * 2, &p, err), st, undo_none);
+        KCU_TRY(kcu_malloc((size_t)n * 2, &p, err), st, err);
         m.data = (uint16_t *)p;
         m.owned = true;
     }
@@ -93,12 +93,12 @@ extern "C" mls_status kcu_matrix_upload(kcu_ctx *ctx, const kc_matrix *w, kcu_ar
     }
     switch (w->dtype) {
     case KC_DTYPE_BF16:
-        KCU_TRY(kcu_memcpy_h2d(ctx, m.data, src, (size_t)n * 2, err), st, undo_data);
+        KCU_TRY(kcu_memcpy_h2d(ctx, m.data, src, (size_t)n * 2, err), st, err_free_data);
         break;
     case KC_DTYPE_F32:
     case KC_DTYPE_F16:
-        KCU_TRY(kcu_malloc((size_t)(n * esize), &raw, err), st, undo_data);
-        KCU_TRY(kcu_memcpy_h2d(ctx, raw, src, (size_t)(n * esize), err), st, undo_raw);
+        KCU_TRY(kcu_malloc((size_t)(n * esize), &raw, err), st, err_free_data);
+        KCU_TRY(kcu_memcpy_h2d(ctx, raw, src, (size_t)(n * esize), err), st, err_free_raw);
         if (w->dtype == KC_DTYPE_F32) {
             kcu_f32_to_bf16_kernel<<<blocks, threads, 0, ctx->stream>>>(
                 (const float *)raw, (__nv_bfloat16 *)m.data, n);
@@ -106,41 +106,41 @@ extern "C" mls_status kcu_matrix_upload(kcu_ctx *ctx, const kc_matrix *w, kcu_ar
             kcu_f16_to_bf16_kernel<<<blocks, threads, 0, ctx->stream>>>(
                 (const __half *)raw, (__nv_bfloat16 *)m.data, n);
         }
-        KCU_TRY_CUDA(cudaGetLastError(), err, st, undo_raw);
+        KCU_TRY_CUDA(cudaGetLastError(), err, st, err_free_raw);
         break;
     case KC_DTYPE_FP8_E4M3: {
         int64_t sb0 = w->row0 / KC_FP8_BLOCK, sb1 = (w->row0 + w->rows - 1) / KC_FP8_BLOCK;
         scols = (w->cols + KC_FP8_BLOCK - 1) / KC_FP8_BLOCK;
         srows = sb1 - sb0 + 1;
-        KCU_TRY(kcu_malloc((size_t)n, &raw, err), st, undo_data);
-        KCU_TRY(kcu_malloc((size_t)(srows * scols) * 4, &scales, err), st, undo_raw);
-        KCU_TRY(kcu_memcpy_h2d(ctx, raw, src, (size_t)n, err), st, undo_scales);
+        KCU_TRY(kcu_malloc((size_t)n, &raw, err), st, err_free_data);
+        KCU_TRY(kcu_malloc((size_t)(srows * scols) * 4, &scales, err), st, err_free_raw);
+        KCU_TRY(kcu_memcpy_h2d(ctx, raw, src, (size_t)n, err), st, err_free_scales);
         KCU_TRY(kcu_memcpy_h2d(ctx, scales, w->scale_inv + sb0 * scols,
                                (size_t)(srows * scols) * 4, err),
-                st, undo_scales);
+                st, err_free_scales);
         kcu_fp8_dequant_kernel<<<blocks, threads, 0, ctx->stream>>>(
             (const uint8_t *)raw, (const float *)scales, w->rows, w->cols, w->row0, scols,
             (__nv_bfloat16 *)m.data);
-        KCU_TRY_CUDA(cudaGetLastError(), err, st, undo_scales);
+        KCU_TRY_CUDA(cudaGetLastError(), err, st, err_free_scales);
         break;
     }
     }
-    KCU_TRY_CUDA(cudaStreamSynchronize(ctx->stream), err, st, undo_scales);
+    KCU_TRY_CUDA(cudaStreamSynchronize(ctx->stream), err, st, err_free_scales);
     kcu_free(scales);
     kcu_free(raw);
     *out_p = m;
     return MLS_OK;
 
-undo_scales:
+err_free_scales:
     cudaStreamSynchronize(ctx->stream);
     kcu_free(scales);
-undo_raw:
+err_free_raw:
     kcu_free(raw);
-undo_data:
+err_free_data:
     if (m.owned) {
         kcu_free(m.data);
     }
-undo_none:
+err:
     return st;
 }
 

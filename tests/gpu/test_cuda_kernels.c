@@ -122,7 +122,7 @@ static double mla_run_case(const mla_case *c, double *max_abs_p)
     void *d_out = NULL, *d_ws = NULL;
 
     if (!pool || !table || !perm || !lat || !rope || !ql || !qr || !out || !ref || !seqs) {
-        goto done;
+        goto out_free_bufs;
     }
     /* garbage everywhere first: rows past a sequence's end must not leak in */
     for (size_t i = 0; i < n_pages * l.page_bytes; i++) {
@@ -163,7 +163,7 @@ static double mla_run_case(const mla_case *c, double *max_abs_p)
     d_qr = dev_dup(qr, qn * (c->D + 1) * sizeof(float));
     d_out = dev_dup(NULL, qn * c->R * sizeof(float));
     if (!d_pool || !d_table || !d_lens || !d_ql || !d_qr || !d_out) {
-        goto done;
+        goto out_free_bufs;
     }
     kcu_mla_params p = {
         .layout = &l, .kv_base = d_pool, .n_seqs = c->n_seqs, .n_q = c->n_q,
@@ -174,19 +174,19 @@ static double mla_run_case(const mla_case *c, double *max_abs_p)
     kcu_mla_plan plan;
     if (kcu_mla_plan_make(g_ctx, &p, &plan, &err) != MLS_OK) {
         fprintf(stderr, "  plan: %s\n", err.msg);
-        goto done;
+        goto out_free_bufs;
     }
     d_ws = dev_dup(NULL, plan.workspace_bytes);
     /* poison the output: every element must be written */
     if (!d_ws || kcu_memset(g_ctx, d_out, 0xff, qn * c->R * sizeof(float), &err) != MLS_OK) {
-        goto done;
+        goto out_free_bufs;
     }
     if (kcu_mla_decode(g_ctx, &p, &plan, d_ws, plan.workspace_bytes, &err) != MLS_OK) {
         fprintf(stderr, "  decode: %s\n", err.msg);
-        goto done;
+        goto out_free_bufs;
     }
     if (!dev_get(out, d_out, qn * c->R * sizeof(float))) {
-        goto done;
+        goto out_free_bufs;
     }
     kc_mla_params rp = {
         .layout = &l, .kv_base = pool, .n_heads = c->n_heads, .softmax_scale = scale,
@@ -213,7 +213,7 @@ static double mla_run_case(const mla_case *c, double *max_abs_p)
                     " x %d head blocks, rel_l2 %.2e, max_abs %.2e\n",
             kvl_dtype_name(c->dtype), c->R, c->D, c->n_heads, c->n_q, c->n_seqs, max_len,
             plan.block_rows, plan.n_parts, plan.n_head_blocks, worst, *max_abs_p);
-done:
+out_free_bufs:
     kcu_free(d_ws);
     kcu_free(d_out);
     kcu_free(d_qr);
