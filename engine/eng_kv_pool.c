@@ -10,6 +10,7 @@
 
 #include "eng_internal.h"
 #include "mls_alloc.h"
+#include "mls_buf.h"
 #include "mls_log.h"
 
 /* Layer memory on `device`: bases (the caller's), or from mem (that device's
@@ -204,22 +205,8 @@ void eng_seq_init(eng_seq *seq)
 
 static mls_status eng_seq_grow_table(eng_seq *seq, uint32_t need)
 {
-    uint32_t cap = seq->cap_pages ? seq->cap_pages : 4;
-    uint32_t *pages;
-
-    if (need <= seq->cap_pages) {
-        return MLS_OK;
-    }
-    while (cap < need) {
-        cap *= 2;
-    }
-    pages = realloc(seq->pages, sizeof(uint32_t) * cap);
-    if (pages == NULL) {
-        return MLS_ERR_NO_MEMORY;
-    }
-    seq->pages = pages;
-    seq->cap_pages = cap;
-    return MLS_OK;
+    return mls_array_reserve(&seq->pages, &seq->cap_pages, need, sizeof(uint32_t),
+                             MLS_ALLOC_TAG_KV_POOL);
 }
 
 mls_status eng_seq_reserve(eng_seq *seq, eng_kv_pool *pool, int32_t n_tokens)
@@ -263,6 +250,6 @@ void eng_seq_release(eng_seq *seq, eng_kv_pool *pool)
     if (seq->n_pages > 0) {
         eng_kv_pool_free(pool, seq->pages, seq->n_pages);
     }
-    free(seq->pages);
+    mls_array_free(&seq->pages, &seq->cap_pages, sizeof(uint32_t), MLS_ALLOC_TAG_KV_POOL);
     eng_seq_init(seq);
 }

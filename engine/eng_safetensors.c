@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "mls_alloc.h"
+#include "mls_buf.h"
 
 /* A header larger than this is not a checkpoint (the Rust reader uses 100 MB). */
 #define ST_HEADER_MAX ((uint64_t)256 << 20)
@@ -500,35 +501,35 @@ static mls_status st_read_text(const char *path, char **text_p, size_t *len_p, m
         return e == ENOENT ? MLS_ERR_NOT_FOUND : MLS_ERR_IO;
     }
     mls_status st = MLS_OK;
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap + 1);
-    while (buf != NULL) {
-        size_t got = fread(buf + len, 1, cap - len, fp);
-        len += got;
-        if (len < cap) {
+    mls_buf b = MLS_BUF_INIT(MLS_ALLOC_TAG_MISC);
+    size_t want = (size_t)1 << 16;
+    for (;;) {
+        size_t got;
+        if (b.len >= ((size_t)1 << 31) || mls_buf_reserve(&b, want) != MLS_OK) {
+            mls_err_set(err, "%s: out of memory reading the file", path);
+            st = MLS_ERR_NO_MEMORY;
+            goto out_free_buf;
+        }
+        got = fread(b.data + b.len, 1, want, fp);
+        b.len += got;
+        b.data[b.len] = '\0';
+        if (got < want) {
             break;
         }
-        char *nb = cap < ((size_t)1 << 31) ? realloc(buf, 2 * cap + 1) : NULL;
-        if (nb == NULL) {
-            free(buf);
-            buf = NULL;
-            break;
-        }
-        buf = nb;
-        cap *= 2;
+        want = b.len; /* double */
     }
-    if (buf == NULL) {
+    if (ferror(fp)) {
+        mls_err_set(err, "%s: read error", path);
+        st = MLS_ERR_IO;
+        goto out_free_buf;
+    }
+    *text_p = mls_buf_detach(&b, len_p);
+    if (*text_p == NULL) {
         mls_err_set(err, "%s: out of memory reading the file", path);
         st = MLS_ERR_NO_MEMORY;
-    } else if (ferror(fp)) {
-        mls_err_set(err, "%s: read error", path);
-        free(buf);
-        st = MLS_ERR_IO;
-    } else {
-        buf[len] = 0;
-        *text_p = buf;
-        *len_p = len;
     }
+out_free_buf:
+    mls_buf_free(&b);
     fclose(fp);
     return st;
 }

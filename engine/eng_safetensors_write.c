@@ -18,6 +18,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "mls_buf.h"
+
 typedef struct {
     char *name;
     st_dtype dtype;
@@ -43,7 +45,7 @@ static void st_writer_free(st_writer *w)
     for (size_t i = 0; i < w->n_decls; i++) {
         free(w->decls[i].name);
     }
-    free(w->decls);
+    mls_array_free(&w->decls, &w->cap_decls, sizeof(*w->decls), MLS_ALLOC_TAG_MISC);
     free(w->path);
     free(w->tmp_path);
     free(w);
@@ -97,15 +99,10 @@ mls_status st_writer_declare(st_writer *w, const char *name, st_dtype dtype, int
         mls_err_set(err, "%s: tensor '%s': file too large", w->path, name);
         return MLS_ERR_INVALID_ARG;
     }
-    if (w->n_decls == w->cap_decls) {
-        size_t cap = w->cap_decls ? 2 * w->cap_decls : 64;
-        st_decl *nd = realloc(w->decls, cap * sizeof(*nd));
-        if (nd == NULL) {
-            mls_err_set(err, "%s: out of memory", w->path);
-            return MLS_ERR_NO_MEMORY;
-        }
-        w->decls = nd;
-        w->cap_decls = cap;
+    if (mls_array_reserve(&w->decls, &w->cap_decls, w->n_decls + 1, sizeof(*w->decls),
+                          MLS_ALLOC_TAG_MISC) != MLS_OK) {
+        mls_err_set(err, "%s: out of memory", w->path);
+        return MLS_ERR_NO_MEMORY;
     }
     st_decl *d = &w->decls[w->n_decls];
     memset(d, 0, sizeof(*d));

@@ -119,7 +119,7 @@ uint64_t eng_kv_pool_bytes_per_token(const eng_kv_pool *pool);
 typedef struct {
     uint32_t *pages;     /* [cap_pages] page table, shared by every layer */
     uint32_t n_pages;    /* pages held */
-    uint32_t cap_pages;  /* capacity of pages[] */
+    size_t cap_pages;    /* capacity of pages[] (mls_array_reserve, tag KV_POOL) */
     int32_t n_tokens;    /* tokens whose latent rows are in the cache */
 } eng_seq;
 

@@ -60,13 +60,17 @@ static void gen_usage(FILE *out)
             "                       decode_logits [n,vocab] (F32/I32) as safetensors\n");
 }
 
+/* "5,17,42" -> ids (malloc'd, the caller frees) and their count. */
 static mls_status gen_parse_ids(const char *list, int32_t **ids_p, int32_t *n_p)
 {
-    int32_t cap = 16, n = 0;
-    int32_t *ids = malloc(sizeof(int32_t) * (size_t)cap);
+    size_t max = 1; /* ids at most: one more than the commas */
+    int32_t *ids, n = 0;
     const char *p = list;
 
-    if (ids == NULL) {
+    for (const char *c = list; *c != '\0'; c++) {
+        max += *c == ',';
+    }
+    if (max > INT32_MAX || (ids = malloc(sizeof(int32_t) * max)) == NULL) {
         return MLS_ERR_NO_MEMORY;
     }
     while (*p != '\0') {
@@ -77,14 +81,6 @@ static mls_status gen_parse_ids(const char *list, int32_t **ids_p, int32_t *n_p)
         if (end == p || errno != 0 || v < 0 || v > INT32_MAX || (*end != ',' && *end != '\0')) {
             free(ids);
             return MLS_ERR_PARSE;
-        }
-        if (n == cap) {
-            int32_t *grown = realloc(ids, sizeof(int32_t) * (size_t)(cap *= 2));
-            if (grown == NULL) {
-                free(ids);
-                return MLS_ERR_NO_MEMORY;
-            }
-            ids = grown;
         }
         ids[n++] = (int32_t)v;
         p = *end == ',' ? end + 1 : end;
