@@ -151,12 +151,12 @@ static void rt_api_generate(rt_router *rt, mls_http_req *req, mls_oai_kind kind)
     mls_oai_id_make(kind, r->id, sizeof(r->id));
     r->created = (int64_t)time(NULL);
     r->top_n = o->logprobs ? o->top_logprobs : 0;
-    r->prompt = ids.ids;
     r->n_prompt = (int32_t)ids.n;
+    r->prompt = tok_ids_detach(&ids, NULL); /* the request's now, freed with it */
     if (o->max_tokens >= 0) {
         r->max_tokens = (uint32_t)o->max_tokens;
     } else {
-        uint32_t room = ctx_limit - (uint32_t)ids.n;
+        uint32_t room = ctx_limit - (uint32_t)r->n_prompt;
         r->max_tokens = kind == MLS_OAI_KIND_COMPLETION ? 16 : rt->default_max_tokens;
         r->max_tokens = r->max_tokens < room ? r->max_tokens : room;
     }

@@ -27,9 +27,10 @@
  * tokenizer/ owns text <-> token ids and chat rendering; it may include common/
  * only (and PCRE2, cJSON): it knows nothing of the engine, the nodes or HTTP.
  *
- * Memory: the tokenizer's tables are counted under MLS_ALLOC_TAG_TOKENIZER.
- * Buffers handed to the caller (tok_ids.ids, decoded or rendered text) come from
- * malloc and are the caller's to free as each function says.
+ * Memory: the tokenizer's tables, and the ids a tok_ids holds, are counted
+ * under MLS_ALLOC_TAG_TOKENIZER. Buffers handed to the caller (decoded or
+ * rendered text, the ids tok_ids_detach gives) come from malloc and are the
+ * caller's to free() as each function says.
  */
 #ifndef TOK_H
 #define TOK_H
@@ -44,14 +45,19 @@ typedef struct tok_tokenizer tok_tokenizer;
 typedef struct tok_detok tok_detok;
 
 /* A growable id vector owned by the caller: zero-initialise it, let tok_encode /
- * tok_chat_encode append to it, give it back with tok_ids_free. */
+ * tok_chat_encode append to it, give it back with tok_ids_free or take the ids
+ * out with tok_ids_detach. */
 typedef struct {
-    int32_t *ids; /* (n) token ids, malloc'ed */
+    int32_t *ids; /* (cap) token ids, n in use; counted under TOKENIZER */
     size_t n;
     size_t cap;
 } tok_ids;
 
 void tok_ids_free(tok_ids *v);
+/* Hands the ids over: returns them (NULL when v never grew) for the caller to
+ * free(), with their count in *n_p when n_p is not NULL; they no longer count
+ * under TOKENIZER and v is left empty. */
+int32_t *tok_ids_detach(tok_ids *v, size_t *n_p);
 /* Appends one id; MLS_ERR_NO_MEMORY when growing fails (v is unchanged then). */
 mls_status tok_ids_push(tok_ids *v, int32_t id);
 

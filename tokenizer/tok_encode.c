@@ -7,7 +7,6 @@
  *   3. each word's bytes are merged by BPE rank (a min-heap over a linked list of
  *      symbols, O(n log n) per word), with a word cache in front.
  */
-#include <stdlib.h>
 #include <string.h>
 
 #include "tok_internal.h"
@@ -27,29 +26,55 @@ typedef struct {
     int32_t a, b, merged;
 } tok_heap_ent;
 
-/* Per-call scratch, so tok_encode needs no lock but the cache's. */
+/* A BPE symbol of the word being merged: its id (-1 once merged into the one
+ * on its left) and its neighbours (-1 at the ends). */
+typedef struct {
+    int32_t id, prev, next;
+} tok_sym;
+
+/* A stretch of a piece a regex step cut: [s, t), and whether it matched
+ * (inverted for an inverted step). */
+typedef struct {
+    uint32_t s, t;
+    bool match;
+} tok_span;
+
+/* Per-call scratch, so tok_encode needs no lock but the cache's. The text and
+ * the arrays are counted under TOKENIZER and kept for the whole call: each
+ * array grows only when full (the first time to 64 entries, 32 for spans),
+ * then by doubling. */
 typedef struct {
     const tok_tokenizer *tok;
     tok_ids *out;
     tok_buf text; /* bytes the pieces point into */
     tok_pieces cur, nxt;
     pcre2_match_data *md;
-    int32_t *sym_id, *sym_prev, *sym_next; /* (sym_cap) BPE symbols */
+    tok_sym *sym; /* (sym_cap) the word's symbols */
     size_t sym_cap;
-    tok_heap_ent *heap;
+    tok_heap_ent *heap; /* (heap_cap) merge candidates, heap_n in the heap */
     size_t heap_n, heap_cap;
+    tok_span *span; /* (span_cap) one regex step's spans of one piece */
+    size_t span_n, span_cap;
 } tok_enc;
+
+/* Room for `need` entries in a scratch array: at least `first` the first
+ * time, then by doubling. Callers check for a full array first (hot path). */
+static bool tok_scratch_reserve(void *items_p, size_t *cap_p, size_t need, size_t elem_size,
+                                size_t first)
+{
+    return mls_array_reserve(items_p, cap_p, need > first ? need : first, elem_size,
+                             MLS_ALLOC_TAG_TOKENIZER) == MLS_OK;
+}
+
+static void tok_scratch_free(void *items_p, size_t *cap_p, size_t elem_size)
+{
+    mls_array_free(items_p, cap_p, elem_size, MLS_ALLOC_TAG_TOKENIZER);
+}
 
 static bool tok_pieces_push(tok_pieces *p, uint32_t off, uint32_t len)
 {
-    if (p->n == p->cap) {
-        size_t cap = p->cap ? p->cap * 2 : 64;
-        tok_piece *nv = realloc(p->v, cap * sizeof(*nv));
-        if (nv == NULL) {
-            return false;
-        }
-        p->v = nv;
-        p->cap = cap;
+    if (p->n == p->cap && !tok_scratch_reserve(&p->v, &p->cap, p->n + 1, sizeof(*p->v), 64)) {
+        return false;
     }
     p->v[p->n++] = (tok_piece){off, len};
     return true;
@@ -75,14 +100,9 @@ static bool tok_heap_less(const tok_heap_ent *x, const tok_heap_ent *y)
 
 static bool tok_heap_push(tok_enc *e, tok_heap_ent ent)
 {
-    if (e->heap_n == e->heap_cap) {
-        size_t cap = e->heap_cap ? e->heap_cap * 2 : 64;
-        tok_heap_ent *nh = realloc(e->heap, cap * sizeof(*nh));
-        if (nh == NULL) {
-            return false;
-        }
-        e->heap = nh;
-        e->heap_cap = cap;
+    if (e->heap_n == e->heap_cap &&
+        !tok_scratch_reserve(&e->heap, &e->heap_cap, e->heap_n + 1, sizeof(*e->heap), 64)) {
+        return false;
     }
     size_t i = e->heap_n++;
     while (i > 0) {
@@ -127,7 +147,7 @@ static tok_heap_ent tok_heap_pop(tok_enc *e)
 static bool tok_bpe_candidate(tok_enc *e, int32_t left, int32_t right)
 {
     const tok_pairmap *m = &e->tok->merges;
-    int32_t a = e->sym_id[left], b = e->sym_id[right];
+    int32_t a = e->sym[left].id, b = e->sym[right].id;
     uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
     uint32_t i = (uint32_t)tok_hash_u64(key) & m->mask;
     while (m->slots[i].key != UINT64_MAX) {
@@ -194,26 +214,13 @@ static mls_status tok_bpe_word(tok_enc *e, const uint8_t *s, size_t n)
         }
     }
 
-    if (n > e->sym_cap) {
-        size_t cap = n * 2;
-        int32_t *ni = realloc(e->sym_id, cap * 4), *np = NULL, *nn = NULL;
-        if (ni != NULL) {
-            e->sym_id = ni;
-        }
-        if (ni == NULL || (np = realloc(e->sym_prev, cap * 4)) == NULL) {
-            return MLS_ERR_NO_MEMORY;
-        }
-        e->sym_prev = np;
-        if ((nn = realloc(e->sym_next, cap * 4)) == NULL) {
-            return MLS_ERR_NO_MEMORY;
-        }
-        e->sym_next = nn;
-        e->sym_cap = cap;
+    if (n > e->sym_cap && !tok_scratch_reserve(&e->sym, &e->sym_cap, n, sizeof(*e->sym), 64)) {
+        return MLS_ERR_NO_MEMORY;
     }
     for (size_t i = 0; i < n; i++) {
-        e->sym_id[i] = tok->byte_id[s[i]];
-        e->sym_prev[i] = (int32_t)i - 1;
-        e->sym_next[i] = i + 1 < n ? (int32_t)i + 1 : -1;
+        e->sym[i] = (tok_sym){.id = tok->byte_id[s[i]],
+                              .prev = (int32_t)i - 1,
+                              .next = i + 1 < n ? (int32_t)i + 1 : -1};
     }
     e->heap_n = 0;
     for (size_t i = 0; i + 1 < n; i++) {
@@ -223,24 +230,24 @@ static mls_status tok_bpe_word(tok_enc *e, const uint8_t *s, size_t n)
     }
     while (e->heap_n > 0) {
         tok_heap_ent m = tok_heap_pop(e);
-        if (e->sym_id[m.left] != m.a || e->sym_next[m.left] != m.right ||
-            e->sym_id[m.right] != m.b) {
+        if (e->sym[m.left].id != m.a || e->sym[m.left].next != m.right ||
+            e->sym[m.right].id != m.b) {
             continue; /* stale: one side has merged since */
         }
-        int32_t after = e->sym_next[m.right];
-        e->sym_id[m.left] = m.merged;
-        e->sym_id[m.right] = -1;
-        e->sym_next[m.left] = after;
+        int32_t after = e->sym[m.right].next;
+        e->sym[m.left].id = m.merged;
+        e->sym[m.right].id = -1;
+        e->sym[m.left].next = after;
         if (after >= 0) {
-            e->sym_prev[after] = m.left;
+            e->sym[after].prev = m.left;
         }
-        if ((e->sym_prev[m.left] >= 0 && !tok_bpe_candidate(e, e->sym_prev[m.left], m.left)) ||
+        if ((e->sym[m.left].prev >= 0 && !tok_bpe_candidate(e, e->sym[m.left].prev, m.left)) ||
             (after >= 0 && !tok_bpe_candidate(e, m.left, after))) {
             return MLS_ERR_NO_MEMORY;
         }
     }
-    for (int32_t i = 0; i >= 0; i = e->sym_next[i]) {
-        if (tok_ids_push(out, e->sym_id[i]) != MLS_OK) {
+    for (int32_t i = 0; i >= 0; i = e->sym[i].next) {
+        if (tok_ids_push(out, e->sym[i].id) != MLS_OK) {
             return MLS_ERR_NO_MEMORY;
         }
     }
@@ -263,50 +270,41 @@ static size_t tok_utf8_len(uint8_t lead)
     return lead < 0x80 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4;
 }
 
+static bool tok_span_push(tok_enc *e, size_t s, size_t t, bool match)
+{
+    if (e->span_n == e->span_cap &&
+        !tok_scratch_reserve(&e->span, &e->span_cap, e->span_n + 1, sizeof(*e->span), 32)) {
+        return false;
+    }
+    e->span[e->span_n++] = (tok_span){(uint32_t)s, (uint32_t)t, match};
+    return true;
+}
+
 /* Splits piece p by a regex step, appending the resulting pieces to e->nxt
  * (HF's NormalizedString::split with the regex's find_iter). */
 static mls_status tok_pre_split(tok_enc *e, const tok_pre_step *step, tok_piece p)
 {
-    /* (start, end, is_match) triples of the piece, gaps included */
-    typedef struct {
-        uint32_t s, t;
-        bool match;
-    } span;
-    span *sp = NULL;
-    size_t n_sp = 0, cap_sp = 0;
+    /* the piece's spans, gaps included, in e->span */
+    tok_span *sp;
+    size_t n_sp;
     size_t pos = 0, prev = 0;
-    mls_status st = MLS_OK;
     const PCRE2_SPTR subj = (PCRE2_SPTR)(e->text.data + p.off);
 
-#define TOK_SPAN_PUSH(s_, t_, m_)                                                                  \
-    do {                                                                                           \
-        if (n_sp == cap_sp) {                                                                      \
-            cap_sp = cap_sp ? cap_sp * 2 : 32;                                                     \
-            span *ns_ = realloc(sp, cap_sp * sizeof(*ns_));                                        \
-            if (ns_ == NULL) {                                                                     \
-                st = MLS_ERR_NO_MEMORY;                                                            \
-                goto out_free_spans;                                                               \
-            }                                                                                      \
-            sp = ns_;                                                                              \
-        }                                                                                          \
-        sp[n_sp++] = (span){(uint32_t)(s_), (uint32_t)(t_), (m_) != step->invert};                 \
-    } while (0)
-
+    e->span_n = 0;
     while (pos <= p.len) {
         int rc = pcre2_match(step->re, subj, p.len, pos, PCRE2_NO_UTF_CHECK, e->md, NULL);
         if (rc == PCRE2_ERROR_NOMATCH) {
             break;
         }
         if (rc < 0) {
-            st = MLS_ERR_INTERNAL;
-            goto out_free_spans;
+            return MLS_ERR_INTERNAL;
         }
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(e->md);
         size_t ms = ov[0], me = ov[1];
-        if (prev != ms) {
-            TOK_SPAN_PUSH(prev, ms, false);
+        if ((prev != ms && !tok_span_push(e, prev, ms, step->invert)) ||
+            !tok_span_push(e, ms, me, !step->invert)) {
+            return MLS_ERR_NO_MEMORY;
         }
-        TOK_SPAN_PUSH(ms, me, true);
         prev = me;
         if (me == ms) { /* empty match: step over one character */
             if (me >= p.len) {
@@ -317,9 +315,11 @@ static mls_status tok_pre_split(tok_enc *e, const tok_pre_step *step, tok_piece 
             pos = me;
         }
     }
-    if (prev != p.len) {
-        TOK_SPAN_PUSH(prev, p.len, false);
+    if (prev != p.len && !tok_span_push(e, prev, p.len, step->invert)) {
+        return MLS_ERR_NO_MEMORY;
     }
+    sp = e->span;
+    n_sp = e->span_n;
 
     /* apply the behavior (HF SplitDelimiterBehavior), then drop empty pieces */
     size_t w = 0;
@@ -376,14 +376,10 @@ static mls_status tok_pre_split(tok_enc *e, const tok_pre_step *step, tok_piece 
     }
     for (size_t i = 0; i < w; i++) {
         if (sp[i].t > sp[i].s && !tok_pieces_push(&e->nxt, p.off + sp[i].s, sp[i].t - sp[i].s)) {
-            st = MLS_ERR_NO_MEMORY;
-            goto out_free_spans;
+            return MLS_ERR_NO_MEMORY;
         }
     }
-out_free_spans:
-    free(sp);
-    return st;
-#undef TOK_SPAN_PUSH
+    return MLS_OK;
 }
 
 /* Pre-tokenizes text[off..off+len) and BPE-encodes the words. */
@@ -553,7 +549,7 @@ mls_status tok_encode(const tok_tokenizer *tok, const char *text, size_t len, to
 {
     size_t n0 = out->n, valid = tok_utf8_valid_prefix((const uint8_t *)text, len);
     mls_status st;
-    tok_enc e = {.tok = tok, .out = out};
+    tok_enc e = {.tok = tok, .out = out, .text = MLS_BUF_INIT(MLS_ALLOC_TAG_TOKENIZER)};
 
     if (valid != len) {
         mls_err_set(err, "text is not valid UTF-8 at byte %zu", valid);
@@ -579,11 +575,10 @@ out_free_scratch:
     }
     pcre2_match_data_free(e.md);
     tok_buf_free(&e.text);
-    free(e.cur.v);
-    free(e.nxt.v);
-    free(e.sym_id);
-    free(e.sym_prev);
-    free(e.sym_next);
-    free(e.heap);
+    tok_scratch_free(&e.cur.v, &e.cur.cap, sizeof(*e.cur.v));
+    tok_scratch_free(&e.nxt.v, &e.nxt.cap, sizeof(*e.nxt.v));
+    tok_scratch_free(&e.sym, &e.sym_cap, sizeof(*e.sym));
+    tok_scratch_free(&e.heap, &e.heap_cap, sizeof(*e.heap));
+    tok_scratch_free(&e.span, &e.span_cap, sizeof(*e.span));
     return st;
 }

@@ -501,7 +501,7 @@ static mls_status tok_load_merges(tok_tokenizer *tok, const cJSON *merges, tok_l
 {
     const cJSON *e;
     int n = cJSON_GetArraySize(merges), rank = 0;
-    char *cat = NULL;
+    char *cat = NULL; /* (cat_cap) a and b side by side */
     size_t cat_cap = 0;
     mls_status st = MLS_OK;
 
@@ -551,15 +551,11 @@ static mls_status tok_load_merges(tok_tokenizer *tok, const cJSON *merges, tok_l
             st = MLS_ERR_BAD_MODEL;
             goto out_free_cat;
         }
-        if (alen + blen > cat_cap) {
-            cat_cap = (alen + blen) * 2;
-            char *ncat = realloc(cat, cat_cap);
-            if (ncat == NULL) {
-                st = MLS_ERR_NO_MEMORY;
-                mls_err_set(c->err, "%s: out of memory", c->file);
-                goto out_free_cat;
-            }
-            cat = ncat;
+        if (alen + blen > cat_cap &&
+            mls_array_reserve(&cat, &cat_cap, alen + blen, 1, MLS_ALLOC_TAG_TOKENIZER) != MLS_OK) {
+            st = MLS_ERR_NO_MEMORY;
+            mls_err_set(c->err, "%s: out of memory", c->file);
+            goto out_free_cat;
         }
         memcpy(cat, a, alen);
         memcpy(cat + alen, b, blen);
@@ -575,7 +571,7 @@ static mls_status tok_load_merges(tok_tokenizer *tok, const cJSON *merges, tok_l
         rank++;
     }
 out_free_cat:
-    free(cat);
+    mls_array_free(&cat, &cat_cap, 1, MLS_ALLOC_TAG_TOKENIZER);
     return st;
 }
 

@@ -83,21 +83,41 @@ void tok_ids_free(tok_ids *v)
     if (v == NULL) {
         return;
     }
-    free(v->ids);
+    mls_array_free(&v->ids, &v->cap, sizeof(*v->ids), MLS_ALLOC_TAG_TOKENIZER);
+    v->n = 0;
+}
+
+int32_t *tok_ids_detach(tok_ids *v, size_t *n_p)
+{
+    int32_t *ids = v->ids;
+
+    mls_alloc_count(MLS_ALLOC_TAG_TOKENIZER, -(int64_t)(v->cap * sizeof(*v->ids)));
+    if (n_p != NULL) {
+        *n_p = v->n;
+    }
     v->ids = NULL;
     v->n = v->cap = 0;
+    return ids;
+}
+
+/* tok_ids_push when v is full: room for 64 ids the first time, then doubling.
+ * Apart, so that the push the encoder makes once per id stays a compare and a
+ * store. */
+static mls_status tok_ids_grow_push(tok_ids *v, int32_t id)
+{
+    mls_status st = mls_array_reserve(&v->ids, &v->cap, v->cap ? v->n + 1 : 64, sizeof(*v->ids),
+                                      MLS_ALLOC_TAG_TOKENIZER);
+    if (st != MLS_OK) {
+        return st;
+    }
+    v->ids[v->n++] = id;
+    return MLS_OK;
 }
 
 mls_status tok_ids_push(tok_ids *v, int32_t id)
 {
     if (v->n == v->cap) {
-        size_t cap = v->cap ? v->cap * 2 : 64;
-        int32_t *nids = realloc(v->ids, cap * sizeof(*nids));
-        if (nids == NULL) {
-            return MLS_ERR_NO_MEMORY;
-        }
-        v->ids = nids;
-        v->cap = cap;
+        return tok_ids_grow_push(v, id);
     }
     v->ids[v->n++] = id;
     return MLS_OK;
