@@ -25,6 +25,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "mls_buf.h"
 #include "mls_rng.h"
 #include "mls_status.h"
 
@@ -95,14 +96,13 @@ typedef struct {
     double t_send;            /* from the run's start to the request being sent */
     double ttft;              /* send -> first chunk with content; 0 when none came */
     double latency;           /* send -> end of the stream (data: [DONE]) */
-    double *itl;              /* gaps between consecutive content chunks, n_itl (owned) */
+    double *itl;              /* (cap_itl) gaps between consecutive content chunks, n_itl
+                                 of them (owned, mls_array_reserve under MISC) */
     int n_itl;
-    int cap_itl;
+    size_t cap_itl;
     int prompt_tokens;        /* usage.prompt_tokens; -1 when not reported */
     int output_tokens;        /* usage.completion_tokens; -1 when not reported */
-    char *text;               /* the generated text (owned, NUL-terminated), NULL when none */
-    size_t text_len;
-    size_t text_cap;
+    mls_buf text;             /* the generated text (owned); text.data NULL when none */
 } bs_outcome;
 
 typedef struct {

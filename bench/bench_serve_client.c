@@ -53,12 +53,9 @@ typedef struct {
     bool got_content;
     char *req;             /* the whole HTTP request */
     size_t req_len;
-    char *body;            /* plain GET or error response body */
-    size_t body_len, body_cap;
-    char *line;            /* SSE: the current, unfinished line */
-    size_t line_len, line_cap;
-    char *ev;              /* SSE: the current event's data lines */
-    size_t ev_len, ev_cap;
+    mls_buf body;          /* plain GET or error response body */
+    mls_buf line;          /* SSE: the current, unfinished line */
+    mls_buf ev;            /* SSE: the current event's data lines */
     uint64_t t_send;       /* ns */
     uint64_t t_read;       /* ns: when the bytes being parsed were read */
     uint64_t t_last;       /* ns: the previous content chunk */
@@ -96,33 +93,13 @@ static llhttp_settings_t bs_http_settings;
 
 /* ---- small buffers ---------------------------------------------------------------- */
 
-static bool bs_buf_append(char **buf, size_t *len, size_t *cap, const char *data, size_t n, size_t max)
+/* Appends n bytes, cut so that b holds at most max; false when out of memory. */
+static bool bs_buf_append(mls_buf *b, const char *data, size_t n, size_t max)
 {
-    if (*len + n + 1 > *cap) {
-        size_t want = *cap ? *cap : 256;
-        char *p;
-        while (want < *len + n + 1) {
-            want *= 2;
-        }
-        if (want > max + 1) {
-            want = max + 1;
-            if (*len + n + 1 > want) {
-                n = want - 1 - *len;
-            }
-        }
-        if (want > *cap) {
-            p = realloc(*buf, want);
-            if (p == NULL) {
-                return false;
-            }
-            *buf = p;
-            *cap = want;
-        }
+    if (b->len + n > max) {
+        n = max > b->len ? max - b->len : 0;
     }
-    memcpy(*buf + *len, data, n);
-    *len += n;
-    (*buf)[*len] = '\0';
-    return true;
+    return mls_buf_append(b, data, n) == MLS_OK;
 }
 
 static void bs_conn_error(bs_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -150,20 +127,16 @@ static void bs_outcome_content(bs_conn *c, const char *text, size_t len)
         c->got_content = true;
         o->ttft = (double)(c->t_read - c->t_send) * 1e-9;
     } else {
-        if (o->n_itl == o->cap_itl) {
-            int cap = o->cap_itl ? o->cap_itl * 2 : 64;
-            double *p = realloc(o->itl, (size_t)cap * sizeof(double));
-            if (p == NULL) {
-                bs_conn_error(c, "out of memory recording inter-token latencies");
-                return;
-            }
-            o->itl = p;
-            o->cap_itl = cap;
+        if ((size_t)o->n_itl == o->cap_itl &&
+            mls_array_reserve(&o->itl, &o->cap_itl, o->cap_itl ? (size_t)o->n_itl + 1 : 64, sizeof(*o->itl),
+                              MLS_ALLOC_TAG_MISC) != MLS_OK) {
+            bs_conn_error(c, "out of memory recording inter-token latencies");
+            return;
         }
         o->itl[o->n_itl++] = (double)(c->t_read - c->t_last) * 1e-9;
     }
     c->t_last = c->t_read;
-    if (!bs_buf_append(&o->text, &o->text_len, &o->text_cap, text, len, SIZE_MAX / 2)) {
+    if (!bs_buf_append(&o->text, text, len, SIZE_MAX / 2)) {
         bs_conn_error(c, "out of memory keeping the generated text");
     }
 }
@@ -221,10 +194,9 @@ static void bs_sse_event(bs_conn *c, const char *data)
 static void bs_sse_line(bs_conn *c, const char *line, size_t len)
 {
     if (len == 0) { /* blank line: dispatch the event */
-        if (c->ev_len > 0) {
-            bs_sse_event(c, c->ev);
-            c->ev_len = 0;
-            c->ev[0] = '\0';
+        if (c->ev.len > 0) {
+            bs_sse_event(c, c->ev.data);
+            mls_buf_reset(&c->ev);
         }
         return;
     }
@@ -237,8 +209,8 @@ static void bs_sse_line(bs_conn *c, const char *line, size_t len)
         line++;
         len--;
     }
-    if ((c->ev_len > 0 && !bs_buf_append(&c->ev, &c->ev_len, &c->ev_cap, "\n", 1, SIZE_MAX / 2)) ||
-        !bs_buf_append(&c->ev, &c->ev_len, &c->ev_cap, line, len, SIZE_MAX / 2)) {
+    if ((c->ev.len > 0 && !bs_buf_append(&c->ev, "\n", 1, SIZE_MAX / 2)) ||
+        !bs_buf_append(&c->ev, line, len, SIZE_MAX / 2)) {
         bs_conn_error(c, "out of memory buffering an event");
     }
 }
@@ -248,18 +220,18 @@ static void bs_sse_feed(bs_conn *c, const char *at, size_t len)
     while (len > 0) {
         const char *nl = memchr(at, '\n', len);
         size_t n = nl ? (size_t)(nl - at) : len;
-        if (!bs_buf_append(&c->line, &c->line_len, &c->line_cap, at, n, SIZE_MAX / 2)) {
+        if (!bs_buf_append(&c->line, at, n, SIZE_MAX / 2)) {
             bs_conn_error(c, "out of memory buffering the stream");
             return;
         }
         if (nl == NULL) {
             return;
         }
-        if (c->line_len > 0 && c->line[c->line_len - 1] == '\r') {
-            c->line[--c->line_len] = '\0';
+        if (c->line.len > 0 && c->line.data[c->line.len - 1] == '\r') {
+            c->line.data[--c->line.len] = '\0';
         }
-        bs_sse_line(c, c->line, c->line_len);
-        c->line_len = 0;
+        bs_sse_line(c, c->line.data, c->line.len);
+        mls_buf_reset(&c->line);
         at += n + 1;
         len -= n + 1;
     }
@@ -275,7 +247,7 @@ static int bs_on_body(llhttp_t *p, const char *at, size_t len)
         bs_sse_feed(c, at, len);
     } else {
         size_t max = c->out != NULL ? BS_ERR_BODY_MAX : BS_PLAIN_BODY_MAX;
-        if (c->body_len < max && !bs_buf_append(&c->body, &c->body_len, &c->body_cap, at, len, max)) {
+        if (c->body.len < max && !bs_buf_append(&c->body, at, len, max)) {
             bs_conn_error(c, "out of memory buffering the response");
         }
     }
@@ -305,7 +277,7 @@ static void bs_progress_draw(bs_client *cl, bool final);
 /* "HTTP 500: the message" from an OpenAI-style error body, or its first bytes. */
 static void bs_http_status_error(bs_conn *c)
 {
-    cJSON *root = c->body ? cJSON_Parse(c->body) : NULL;
+    cJSON *root = c->body.data ? cJSON_Parse(c->body.data) : NULL;
     const cJSON *e = cJSON_GetObjectItemCaseSensitive(root, "error"), *msg = NULL;
     char snippet[201];
     size_t n = 0;
@@ -318,8 +290,8 @@ static void bs_http_status_error(bs_conn *c)
         bs_conn_error(c, "HTTP %d: %.300s", c->parser.status_code, msg->valuestring);
     } else {
         /* one line of the raw body */
-        for (size_t i = 0; c->body != NULL && i < c->body_len && n < sizeof(snippet) - 1; i++) {
-            char ch = c->body[i];
+        for (size_t i = 0; i < c->body.len && n < sizeof(snippet) - 1; i++) {
+            char ch = c->body.data[i];
             snippet[n++] = (ch == '\n' || ch == '\r' || ch == '\t') ? ' ' : ch;
         }
         snippet[n] = '\0';
@@ -331,9 +303,9 @@ static void bs_http_status_error(bs_conn *c)
 static void bs_conn_free(bs_conn *c)
 {
     free(c->req);
-    free(c->body);
-    free(c->line);
-    free(c->ev);
+    mls_buf_free(&c->body);
+    mls_buf_free(&c->line);
+    mls_buf_free(&c->ev);
     free(c);
 }
 
@@ -405,10 +377,8 @@ static void bs_conn_finish(bs_conn *c)
     } else {
         cl->get_status = c->message_done ? c->parser.status_code : -1;
         snprintf(cl->get_err, sizeof(cl->get_err), "%s", c->err);
-        if (c->message_done && c->err[0] == '\0') {
-            cl->get_body = c->body;
-            cl->get_len = c->body_len;
-            c->body = NULL;
+        if (c->message_done && c->err[0] == '\0' && c->body.data != NULL) {
+            cl->get_body = mls_buf_detach(&c->body, &cl->get_len); /* NULL: no body */
         }
     }
     uv_timer_stop(&c->timer);
@@ -542,6 +512,9 @@ static void bs_conn_start(bs_client *cl, bs_outcome *out, const char *method, co
         return;
     }
     c->cl = cl;
+    mls_buf_init(&c->body, MLS_ALLOC_TAG_NET);
+    mls_buf_init(&c->line, MLS_ALLOC_TAG_NET);
+    mls_buf_init(&c->ev, MLS_ALLOC_TAG_NET);
     c->timeout_s = timeout_s;
     c->out = out;
     c->t_send = mls_now_ns();
@@ -779,7 +752,7 @@ mls_status bs_run_load(const bs_target *t, const bs_dataset *ds, const bs_run_cf
         mls_err_set(err, "out of memory for %d requests", ds->n);
         st = MLS_ERR_NO_MEMORY;
         bs_client_close(&cl);
-        goto out_free;
+        goto out_free_run;
     }
     bs_arrivals(cfg->rate, cfg->burstiness, cfg->seed, ds->n, cl.arrival);
     uv_timer_init(&cl.loop, &cl.arrive);
@@ -798,7 +771,7 @@ mls_status bs_run_load(const bs_target *t, const bs_dataset *ds, const bs_run_cf
     bs_client_close(&cl);
     *run_p = run;
     run.out = NULL;
-out_free:
+out_free_run:
     free(run.out);
     free(cl.arrival);
     free(cl.queue);
@@ -808,8 +781,8 @@ out_free:
 void bs_run_free(bs_run *run)
 {
     for (int i = 0; run->out != NULL && i < run->n; i++) {
-        free(run->out[i].itl);
-        free(run->out[i].text);
+        mls_array_free(&run->out[i].itl, &run->out[i].cap_itl, sizeof(*run->out[i].itl), MLS_ALLOC_TAG_MISC);
+        mls_buf_free(&run->out[i].text);
     }
     free(run->out);
     run->out = NULL;

@@ -286,7 +286,7 @@ cJSON *bs_result_json(const bs_run_info *info, const bs_run *run, const bs_metri
         cJSON_AddItemToArray(a_itl, itl);
         cJSON_AddItemToArray(a_e2el, cJSON_CreateNumber(o->success ? o->latency : 0));
         cJSON_AddItemToArray(a_start, cJSON_CreateNumber(o->t_send));
-        cJSON_AddItemToArray(a_text, cJSON_CreateString(o->text ? o->text : ""));
+        cJSON_AddItemToArray(a_text, cJSON_CreateString(o->text.data ? o->text.data : ""));
         cJSON_AddItemToArray(a_err, cJSON_CreateString(o->error));
     }
     return root;

@@ -18,6 +18,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "bpe_train.h"
 #include "bpe_internal.h"
+#include "mls_buf.h"
 
 #include <errno.h>
 #include <pcre2.h>
@@ -55,14 +56,16 @@ struct bpe_trainer {
     char *wbytes; /* raw bytes of the distinct words */
     size_t wbytes_len, wbytes_cap;
     bpe_word *words;
-    uint32_t n_words, words_cap;
+    uint32_t n_words;
+    size_t words_cap;
     uint32_t *wmap; /* open addressing: word index + 1, 0 empty */
     size_t wmap_cap;
 
     char *tstr; /* token spellings */
     size_t tstr_len, tstr_cap;
     bpe_span *tok;
-    int32_t n_tok, tok_cap;
+    int32_t n_tok;
+    size_t tok_cap;
     int32_t *tmap; /* open addressing: id + 1, 0 empty */
     size_t tmap_cap;
 
@@ -95,23 +98,21 @@ static uint64_t bpe_hash(const void *p, size_t n) /* FNV-1a, then a final mix */
     return h ^ (h >> 29);
 }
 
-/* Grow *buf (elements of size `elem`) to hold at least `need`; false when out of memory. */
-static bool bpe_grow(void **buf, size_t *cap, size_t need, size_t elem)
+/* The trainer's arrays (mls_array_reserve) count under MISC: it is a tool's. */
+#define BPE_TAG MLS_ALLOC_TAG_MISC
+
+/* Grows the array *items_p (elements of size `elem`) to hold at least `need`:
+ * 64 the first time, then by doubling; false when out of memory. Give it back
+ * with bpe_array_free. */
+static bool bpe_grow(void *items_p, size_t *cap_p, size_t need, size_t elem)
 {
-    if (need <= *cap) {
-        return true;
-    }
-    size_t nc = *cap ? *cap : 64;
-    while (nc < need) {
-        nc *= 2;
-    }
-    void *nb = realloc(*buf, nc * elem);
-    if (nb == NULL) {
-        return false;
-    }
-    *buf = nb;
-    *cap = nc;
-    return true;
+    return need <= *cap_p ||
+           mls_array_reserve(items_p, cap_p, need > 64 ? need : 64, elem, BPE_TAG) == MLS_OK;
+}
+
+static void bpe_array_free(void *items_p, size_t *cap_p, size_t elem)
+{
+    mls_array_free(items_p, cap_p, elem, BPE_TAG);
 }
 
 /* GPT-2's byte alphabet: printable Latin-1 bytes stand for themselves, the 68
@@ -207,12 +208,10 @@ static void bpe_tmap_insert(bpe_trainer *tr, int32_t id)
 /* Appends token s (a new spelling) and returns its id, or -1 when out of memory. */
 static int32_t bpe_tok_add(bpe_trainer *tr, const char *s, size_t n)
 {
-    size_t tok_cap = (size_t)tr->tok_cap;
-    if (!bpe_grow((void **)&tr->tstr, &tr->tstr_cap, tr->tstr_len + n, 1) ||
-        !bpe_grow((void **)&tr->tok, &tok_cap, (size_t)tr->n_tok + 1, sizeof(bpe_span))) {
+    if (!bpe_grow(&tr->tstr, &tr->tstr_cap, tr->tstr_len + n, 1) ||
+        !bpe_grow(&tr->tok, &tr->tok_cap, (size_t)tr->n_tok + 1, sizeof(bpe_span))) {
         return -1;
     }
-    tr->tok_cap = (int32_t)tok_cap;
     if ((size_t)(tr->n_tok + 1) * 2 > tr->tmap_cap) { /* keep the load under 1/2 */
         size_t nc = tr->tmap_cap ? tr->tmap_cap * 2 : 1024;
         int32_t *nm = calloc(nc, sizeof(*nm));
@@ -339,11 +338,11 @@ void bpe_trainer_destroy(bpe_trainer *tr)
     pcre2_match_data_free(tr->md);
     pcre2_code_free(tr->re);
     free(tr->added_special);
-    free(tr->wbytes);
-    free(tr->words);
+    bpe_array_free(&tr->wbytes, &tr->wbytes_cap, 1);
+    bpe_array_free(&tr->words, &tr->words_cap, sizeof(*tr->words));
     free(tr->wmap);
-    free(tr->tstr);
-    free(tr->tok);
+    bpe_array_free(&tr->tstr, &tr->tstr_cap, 1);
+    bpe_array_free(&tr->tok, &tr->tok_cap, sizeof(*tr->tok));
     free(tr->tmap);
     free(tr->merges);
     free(tr);
@@ -378,12 +377,10 @@ static int bpe_count_word(bpe_trainer *tr, const char *s, size_t n)
     if (tr->wbytes_len + n > UINT32_MAX || tr->n_words == UINT32_MAX - 1) {
         return -2;
     }
-    size_t wcap = tr->words_cap;
-    if (!bpe_grow((void **)&tr->wbytes, &tr->wbytes_cap, tr->wbytes_len + n, 1) ||
-        !bpe_grow((void **)&tr->words, &wcap, (size_t)tr->n_words + 1, sizeof(bpe_word))) {
+    if (!bpe_grow(&tr->wbytes, &tr->wbytes_cap, tr->wbytes_len + n, 1) ||
+        !bpe_grow(&tr->words, &tr->words_cap, (size_t)tr->n_words + 1, sizeof(bpe_word))) {
         return -1;
     }
-    tr->words_cap = (uint32_t)(wcap > UINT32_MAX ? UINT32_MAX : wcap);
     if ((size_t)(tr->n_words + 1) * 2 > tr->wmap_cap) {
         size_t nc = tr->wmap_cap ? tr->wmap_cap * 2 : 4096;
         uint32_t *nm = calloc(nc, sizeof(*nm));
@@ -501,7 +498,7 @@ mls_status bpe_trainer_feed_file(bpe_trainer *tr, const char *path, mls_err *err
     size_t len = 0, cap = 0;
     mls_status st = MLS_OK;
     for (;;) {
-        if (!bpe_grow((void **)&buf, &cap, len + 65536, 1)) {
+        if (!bpe_grow(&buf, &cap, len + 65536, 1)) {
             mls_err_set(err, "bpe: %s: out of memory", path);
             st = MLS_ERR_NO_MEMORY;
             break;
@@ -520,7 +517,7 @@ mls_status bpe_trainer_feed_file(bpe_trainer *tr, const char *path, mls_err *err
     if (st == MLS_OK) {
         st = bpe_trainer_feed(tr, buf, len, path, err);
     }
-    free(buf);
+    bpe_array_free(&buf, &cap, 1);
     return st;
 }
 
@@ -529,7 +526,8 @@ mls_status bpe_trainer_feed_file(bpe_trainer *tr, const char *path, mls_err *err
 typedef struct {
     int32_t a, b;
     int64_t count;
-    uint32_t *w; /* (nw) words that may hold the pair, each once per merge step */
+    uint32_t *w; /* (capw) words that may hold the pair, each once per merge
+                    step, nw of them */
     uint32_t nw, capw;
     bool merged; /* already in the merge list */
     bool raised; /* count went up in the current merge step */
@@ -582,7 +580,7 @@ static int32_t bpe_pair_get(bpe_run *r, int32_t a, int32_t b)
         }
     }
     if (r->n_pairs >= INT32_MAX - 1 ||
-        !bpe_grow((void **)&r->pairs, &r->pairs_cap, r->n_pairs + 1, sizeof(bpe_pair))) {
+        !bpe_grow(&r->pairs, &r->pairs_cap, r->n_pairs + 1, sizeof(bpe_pair))) {
         return -1;
     }
     int32_t idx = (int32_t)r->n_pairs++;
@@ -616,14 +614,14 @@ static bool bpe_pair_add(bpe_run *r, int32_t a, int32_t b, int64_t delta, uint32
     if (delta > 0) {
         if (p->nw == 0 || p->w[p->nw - 1] != w) {
             size_t cap = p->capw;
-            if (p->nw == UINT32_MAX || !bpe_grow((void **)&p->w, &cap, (size_t)p->nw + 1, 4)) {
+            if (p->nw == UINT32_MAX || !bpe_grow(&p->w, &cap, (size_t)p->nw + 1, 4)) {
                 return false;
             }
             p->capw = (uint32_t)(cap > UINT32_MAX ? UINT32_MAX : cap);
             p->w[p->nw++] = w;
         }
         if (!p->raised) {
-            if (!bpe_grow((void **)&r->raised, &r->raised_cap, r->n_raised + 1, sizeof(int32_t))) {
+            if (!bpe_grow(&r->raised, &r->raised_cap, r->n_raised + 1, sizeof(int32_t))) {
                 return false;
             }
             p->raised = true;
@@ -649,7 +647,7 @@ static bool bpe_heap_before(const bpe_run *r, const bpe_heap_ent *x, const bpe_h
 
 static bool bpe_heap_push(bpe_run *r, int64_t count, int32_t pair)
 {
-    if (!bpe_grow((void **)&r->heap, &r->heap_cap, r->n_heap + 1, sizeof(bpe_heap_ent))) {
+    if (!bpe_grow(&r->heap, &r->heap_cap, r->n_heap + 1, sizeof(bpe_heap_ent))) {
         return false;
     }
     size_t i = r->n_heap++;
@@ -788,13 +786,14 @@ static bool bpe_merge_pair(bpe_run *r, int32_t pi)
     }
     /* Take the word list: bpe_word_merge may grow r->pairs. */
     uint32_t *wl = r->pairs[pi].w, nw = r->pairs[pi].nw;
+    size_t wl_cap = r->pairs[pi].capw;
     r->pairs[pi].w = NULL;
     r->pairs[pi].nw = r->pairs[pi].capw = 0;
     bool ok = true;
     for (uint32_t k = 0; k < nw && ok; k++) {
         ok = bpe_word_merge(r, wl[k], a, b, id);
     }
-    free(wl);
+    bpe_array_free(&wl, &wl_cap, sizeof(*wl));
     r->pairs[pi].count = 0; /* every occurrence is merged; left-to-right leaves none */
     for (size_t k = 0; k < r->n_raised && ok; k++) {
         bpe_pair *p = &r->pairs[r->raised[k]];
@@ -810,12 +809,13 @@ static bool bpe_merge_pair(bpe_run *r, int32_t pi)
 static void bpe_run_free(bpe_run *r)
 {
     for (size_t i = 0; i < r->n_pairs; i++) {
-        free(r->pairs[i].w);
+        size_t cap = r->pairs[i].capw;
+        bpe_array_free(&r->pairs[i].w, &cap, sizeof(*r->pairs[i].w));
     }
-    free(r->pairs);
+    bpe_array_free(&r->pairs, &r->pairs_cap, sizeof(*r->pairs));
     free(r->pmap);
-    free(r->heap);
-    free(r->raised);
+    bpe_array_free(&r->heap, &r->heap_cap, sizeof(*r->heap));
+    bpe_array_free(&r->raised, &r->raised_cap, sizeof(*r->raised));
     free(r->sym);
 }
 

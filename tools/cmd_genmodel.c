@@ -35,6 +35,7 @@
 #include "eng_config.h"
 #include "eng_safetensors.h"
 #include "gm_presets.h"
+#include "mls_buf.h"
 #include "mls_cli.h"
 #include "mls_num.h"
 #include "mls_rng.h"
@@ -132,7 +133,8 @@ typedef struct {
 } gm_tensor;
 
 typedef struct {
-    gm_tensor *t; /* (n) in data order; a scale_inv directly follows its weight */
+    gm_tensor *t; /* (cap) n in data order; a scale_inv directly follows its weight;
+                     counted under MISC */
     size_t n, cap;
 } gm_list;
 
@@ -152,14 +154,9 @@ typedef struct {
 static int gm_list_add(gm_list *l, const char *name, st_dtype dtype, int n_dims, int64_t d0,
                        int64_t d1, gm_init init, float gain)
 {
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? 2 * l->cap : 256;
-        gm_tensor *nt = realloc(l->t, cap * sizeof(*nt));
-        if (nt == NULL) {
-            return -1;
-        }
-        l->t = nt;
-        l->cap = cap;
+    if (l->n == l->cap && mls_array_reserve(&l->t, &l->cap, l->cap ? l->n + 1 : 256, sizeof(*l->t),
+                                            MLS_ALLOC_TAG_MISC) != MLS_OK) {
+        return -1;
     }
     gm_tensor *t = &l->t[l->n++];
     memset(t, 0, sizeof(*t));
@@ -441,30 +438,31 @@ static int gm_write_text(const char *path, const char *text, size_t len)
 
 /* ------------------------------------------------------------------ writing */
 
+/* The buffers grow through gm_reserve (caps in bytes, counted under SCRATCH)
+ * and are given back by gm_state_free. */
 typedef struct {
     float *f; /* (GM_CHUNK or GM_BLOCK*in) generated values */
     size_t f_cap;
     uint8_t *bytes; /* converted output */
     size_t bytes_cap;
-    float *scales; /* the last fp8 weight's scale grid */
+    float *scales; /* (scales_n) the last fp8 weight's scale grid */
     size_t scales_n, scales_cap;
     uint64_t done, total; /* bytes, for progress */
     double t_start, t_last;
     bool tty;
 } gm_state;
 
-static int gm_reserve(void **buf, size_t *cap, size_t need)
+/* Room for need bytes in *buf_p (*cap_p bytes now); 0, or -1 out of memory. */
+static int gm_reserve(void *buf_p, size_t *cap_p, size_t need)
 {
-    if (need <= *cap) {
-        return 0;
-    }
-    void *nb = realloc(*buf, need);
-    if (nb == NULL) {
-        return -1;
-    }
-    *buf = nb;
-    *cap = need;
-    return 0;
+    return mls_array_reserve(buf_p, cap_p, need, 1, MLS_ALLOC_TAG_SCRATCH) == MLS_OK ? 0 : -1;
+}
+
+static void gm_state_free(gm_state *s)
+{
+    mls_array_free(&s->f, &s->f_cap, 1, MLS_ALLOC_TAG_SCRATCH);
+    mls_array_free(&s->bytes, &s->bytes_cap, 1, MLS_ALLOC_TAG_SCRATCH);
+    mls_array_free(&s->scales, &s->scales_cap, 1, MLS_ALLOC_TAG_SCRATCH);
 }
 
 static void gm_progress(gm_state *s, bool final)
@@ -549,9 +547,9 @@ static mls_status gm_write_fp8(gm_state *s, st_writer *w, const gm_tensor *t, gm
     gm_init_params(t, &mean, &std);
     const size_t rows = (size_t)t->shape[0], cols = (size_t)t->shape[1];
     const size_t cb = (cols + GM_BLOCK - 1) / GM_BLOCK, rb = (rows + GM_BLOCK - 1) / GM_BLOCK;
-    if (gm_reserve((void **)&s->f, &s->f_cap, GM_BLOCK * cols * sizeof(float)) != 0 ||
-        gm_reserve((void **)&s->bytes, &s->bytes_cap, GM_BLOCK * cols) != 0 ||
-        gm_reserve((void **)&s->scales, &s->scales_cap, rb * cb * sizeof(float)) != 0) {
+    if (gm_reserve(&s->f, &s->f_cap, GM_BLOCK * cols * sizeof(float)) != 0 ||
+        gm_reserve(&s->bytes, &s->bytes_cap, GM_BLOCK * cols) != 0 ||
+        gm_reserve(&s->scales, &s->scales_cap, rb * cb * sizeof(float)) != 0) {
         mls_err_set(err, "genmodel: out of memory for tensor '%s'", t->name);
         return MLS_ERR_NO_MEMORY;
     }
@@ -1108,27 +1106,27 @@ int mls_cmd_genmodel(int argc, char **argv)
         return prc == 1 ? 0 : 2;
     }
     if (o.tokenizer && gm_train_tokenizer(&o, &o.cfg, &tok) != 0) {
-        goto out_free;
+        goto out_free_all;
     }
     /* The config must read back through the engine's own parser. */
     cfg_text = gm_config_json(&o.cfg, o.fp8, &cfg_len);
     if (cfg_text == NULL) {
         fprintf(stderr, "genmodel: out of memory\n");
-        goto out_free;
+        goto out_free_all;
     }
     if (eng_config_parse(cfg_text, cfg_len, "generated config.json", &check, &err) != MLS_OK) {
         fprintf(stderr, "genmodel: %s\n", err.msg);
-        goto out_free;
+        goto out_free_all;
     }
     if (gm_build_list(&check, o.fp8, &list) != 0) {
         fprintf(stderr, "genmodel: out of memory for the tensor list\n");
-        goto out_free;
+        goto out_free_all;
     }
     if (gm_prepare_dir(o.out, o.force, o.tokenizer) != 0) {
-        goto out_free;
+        goto out_free_all;
     }
     if (tok != NULL && gm_write_tokenizer(&o, tok, &check) != 0) {
-        goto out_free;
+        goto out_free_all;
     }
     int n_shards = gm_assign_shards(&list, o.max_shard_bytes);
     uint64_t params = 0;
@@ -1136,10 +1134,10 @@ int mls_cmd_genmodel(int argc, char **argv)
         s.total += gm_nbytes(&list.t[i]);
         params += list.t[i].init == GM_INIT_SCALE ? 0 : gm_numel(&list.t[i]);
     }
-    if (gm_reserve((void **)&s.f, &s.f_cap, GM_CHUNK * sizeof(float)) != 0 ||
-        gm_reserve((void **)&s.bytes, &s.bytes_cap, GM_CHUNK * sizeof(uint16_t)) != 0) {
+    if (gm_reserve(&s.f, &s.f_cap, GM_CHUNK * sizeof(float)) != 0 ||
+        gm_reserve(&s.bytes, &s.bytes_cap, GM_CHUNK * sizeof(uint16_t)) != 0) {
         fprintf(stderr, "genmodel: out of memory\n");
-        goto out_free;
+        goto out_free_all;
     }
     gm_fp8_tables_init();
     s.tty = isatty(STDERR_FILENO);
@@ -1153,17 +1151,17 @@ int mls_cmd_genmodel(int argc, char **argv)
                 fputc('\n', stderr);
             }
             fprintf(stderr, "genmodel: %s\n", err.msg);
-            goto out_free;
+            goto out_free_all;
         }
     }
     gm_progress(&s, true);
     if (n_shards > 1 && gm_write_index(o.out, &list, n_shards, s.total) != 0) {
-        goto out_free;
+        goto out_free_all;
     }
     char cfg_path[4096];
     snprintf(cfg_path, sizeof(cfg_path), "%s/config.json", o.out);
     if (gm_write_text(cfg_path, cfg_text, cfg_len) != 0) {
-        goto out_free;
+        goto out_free_all;
     }
     double secs = mls_now_s() - s.t_start;
     char tok_note[160] = "";
@@ -1183,12 +1181,10 @@ int mls_cmd_genmodel(int argc, char **argv)
     fflush(stdout);
     rc = 0;
 
-out_free:
+out_free_all:
     bpe_trainer_destroy(tok);
-    free(s.f);
-    free(s.bytes);
-    free(s.scales);
-    free(list.t);
+    gm_state_free(&s);
+    mls_array_free(&list.t, &list.cap, sizeof(*list.t), MLS_ALLOC_TAG_MISC);
     free(cfg_text);
     return rc;
 }
