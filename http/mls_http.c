@@ -9,7 +9,8 @@
  * handler, and parsing of any pipelined bytes resumes only when that request
  * is complete. States:
  *
- *   IDLE      keep-alive, waiting for a request      (idle timeout)
+ *   IDLE      keep-alive, waiting for a request      (idle timeout; first-byte
+ *                                                    timeout until a byte came)
  *   READING   inside a request's head or body         (request timeout)
  *   HANDLING  request owned by the handler            (write timeout only)
  *   LINGER    error answer sent, draining the client  (short timeout)
@@ -17,6 +18,12 @@
  * A connection is freed only from its handles' close callbacks, never from
  * inside an API call, so a request's connection pointer stays valid until
  * the close callback detaches it.
+ *
+ * Admission: connections are counted per client address (a hash of chains
+ * through the connections themselves) and in all; at max_connections the
+ * connection idle longest (IDLE, nothing queued) is closed to make room, and
+ * only when none is idle is the new one refused. IDLE connections sit on one
+ * list in the order they became idle, so the oldest is its head.
  */
 #include "mls_http.h"
 
@@ -36,6 +43,7 @@
 #define MLS_HTTP_LINGER_MS        2000u
 #define MLS_HTTP_READ_AHEAD_BYTES (64u * 1024u)  /* pipelined bytes held while handling */
 #define MLS_HTTP_READ_BUF_BYTES   (64u * 1024u)
+#define MLS_HTTP_EVICT_SCAN       64u            /* idle connections looked at per eviction */
 
 typedef enum {
     MLS_HTTP_CONN_IDLE,
@@ -101,6 +109,12 @@ struct mls_http_conn {
     int reject_status;      /* set by parser callbacks that refuse the request */
     const char *reject_msg;
     uint64_t t_activity_ms, t_request_ms, t_write_ms, t_linger_ms;
+    bool got_byte;          /* the client has sent something (first-byte timeout) */
+    bool counted;           /* in the address table, n_active and (IDLE) the idle list */
+    bool on_idle;
+    uint8_t addr[17];       /* family byte + IPv4/IPv6 address: the per-address key */
+    mls_http_conn *addr_next;                /* chain of its address-table bucket */
+    mls_http_conn *idle_prev, *idle_next;    /* idle list, oldest first */
     char peer[64];
 };
 
@@ -116,6 +130,10 @@ struct mls_http_server {
     bool listener_closed;
     bool shutting_down;
     mls_http_conn *conns;
+    mls_http_conn **addr_buckets;            /* (addr_mask + 1) chains by client address */
+    uint32_t addr_mask;
+    mls_http_conn *idle_head, *idle_tail;    /* IDLE connections, oldest first */
+    uint32_t n_active;                       /* accepted, admitted and not closing */
     mls_http_stats stats;
 };
 
@@ -142,10 +160,12 @@ void mls_http_config_default(mls_http_config *cfg)
     cfg->port = 0;
     cfg->backlog = 511;
     cfg->max_connections = 1024;
+    cfg->max_connections_per_addr = 64;
     cfg->max_header_bytes = 16 * 1024;
     cfg->max_headers = 100;
     cfg->max_body_bytes = 4u << 20;
     cfg->idle_timeout_ms = 60000;
+    cfg->first_byte_timeout_ms = 5000;
     cfg->request_timeout_ms = 30000;
     cfg->write_timeout_ms = 30000;
     cfg->write_high_water_bytes = 256u * 1024u;
@@ -180,6 +200,122 @@ const char *mls_http_status_reason(int status)
     case 504: return "Gateway Timeout";
     default:  return "Unknown";
     }
+}
+
+/* ---- admission: the address table and the idle list ------------------------- */
+
+static uint32_t mls_http_addr_hash(const uint8_t addr[17])
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+
+    for (int i = 0; i < 17; i++) {
+        h = (h ^ addr[i]) * 16777619u;
+    }
+    return h;
+}
+
+/* Connections counted from c's address (c itself not yet among them). */
+static uint32_t mls_http_addr_count(const mls_http_server *srv, const uint8_t addr[17])
+{
+    uint32_t n = 0;
+
+    for (const mls_http_conn *o = srv->addr_buckets[mls_http_addr_hash(addr) & srv->addr_mask];
+         o != NULL; o = o->addr_next) {
+        n += memcmp(o->addr, addr, sizeof(o->addr)) == 0;
+    }
+    return n;
+}
+
+static void mls_http_idle_unlink(mls_http_conn *c)
+{
+    mls_http_server *srv = c->srv;
+
+    if (!c->on_idle) {
+        return;
+    }
+    if (c->idle_prev != NULL) {
+        c->idle_prev->idle_next = c->idle_next;
+    } else {
+        srv->idle_head = c->idle_next;
+    }
+    if (c->idle_next != NULL) {
+        c->idle_next->idle_prev = c->idle_prev;
+    } else {
+        srv->idle_tail = c->idle_prev;
+    }
+    c->idle_prev = c->idle_next = NULL;
+    c->on_idle = false;
+}
+
+/* Every state change goes through here: IDLE puts c at the idle list's tail. */
+static void mls_http_conn_set_state(mls_http_conn *c, mls_http_conn_state state)
+{
+    mls_http_server *srv = c->srv;
+
+    c->state = state;
+    mls_http_idle_unlink(c);
+    if (state != MLS_HTTP_CONN_IDLE || !c->counted) {
+        return;
+    }
+    c->idle_prev = srv->idle_tail;
+    if (srv->idle_tail != NULL) {
+        srv->idle_tail->idle_next = c;
+    } else {
+        srv->idle_head = c;
+    }
+    srv->idle_tail = c;
+    c->on_idle = true;
+}
+
+/* Count c in (address table, n_active, idle list when IDLE). */
+static void mls_http_conn_admit(mls_http_conn *c)
+{
+    mls_http_server *srv = c->srv;
+    uint32_t b = mls_http_addr_hash(c->addr) & srv->addr_mask;
+
+    c->addr_next = srv->addr_buckets[b];
+    srv->addr_buckets[b] = c;
+    srv->n_active++;
+    c->counted = true;
+    mls_http_conn_set_state(c, c->state);
+}
+
+/* Count c out again (it is closing). */
+static void mls_http_conn_forget(mls_http_conn *c)
+{
+    mls_http_server *srv = c->srv;
+    mls_http_conn **pp;
+
+    if (!c->counted) {
+        return;
+    }
+    for (pp = &srv->addr_buckets[mls_http_addr_hash(c->addr) & srv->addr_mask]; *pp != NULL;
+         pp = &(*pp)->addr_next) {
+        if (*pp == c) {
+            *pp = c->addr_next;
+            break;
+        }
+    }
+    mls_http_idle_unlink(c);
+    srv->n_active--;
+    c->counted = false;
+}
+
+/* At the cap: close the connection idle longest (no request, nothing queued)
+ * to make room. False when none is idle. */
+static bool mls_http_evict_idle(mls_http_server *srv)
+{
+    mls_http_conn *c = srv->idle_head;
+
+    for (uint32_t i = 0; c != NULL && i < MLS_HTTP_EVICT_SCAN; i++, c = c->idle_next) {
+        if (c->write_queued == 0 && !c->close_when_flushed && !c->closing) {
+            mls_debug("http %s: idle, closed to make room for a new connection", c->peer);
+            srv->stats.connections_evicted++;
+            mls_http_conn_close(c);
+            return true;
+        }
+    }
+    return false;
 }
 
 /* ---- requests -------------------------------------------------------------- */
@@ -454,7 +590,7 @@ static void mls_http_conn_reject(mls_http_conn *c, int status, const char *msg)
         c->req = NULL;
     }
     c->req_ready = false;
-    c->state = MLS_HTTP_CONN_LINGER;
+    mls_http_conn_set_state(c, MLS_HTTP_CONN_LINGER);
     c->in.len = 0;
     body = mls_http_error_body(status == 408 ? "timeout_error" : "invalid_request_error", NULL,
                                NULL, msg);
@@ -476,7 +612,7 @@ static void mls_http_conn_request_done(mls_http_conn *c, bool keep_alive)
 {
     c->req = NULL;
     c->req_ready = false;
-    c->state = MLS_HTTP_CONN_IDLE;
+    mls_http_conn_set_state(c, MLS_HTTP_CONN_IDLE);
     c->t_activity_ms = uv_now(c->srv->loop);
     if (!keep_alive || c->srv->shutting_down) {
         c->close_when_flushed = true;
@@ -507,7 +643,7 @@ static void mls_http_req_release(mls_http_req *req)
 
     if (c != NULL && c->req == req) {
         c->req = NULL;
-        c->state = MLS_HTTP_CONN_IDLE;
+        mls_http_conn_set_state(c, MLS_HTTP_CONN_IDLE);
     }
     mls_http_req_free(req);
 }
@@ -710,7 +846,7 @@ static int mls_http_on_message_begin(llhttp_t *p)
         c->reject_msg = "out of memory";
         return -1;
     }
-    c->state = MLS_HTTP_CONN_READING;
+    mls_http_conn_set_state(c, MLS_HTTP_CONN_READING);
     c->t_request_ms = uv_now(c->srv->loop);
     return 0;
 }
@@ -869,6 +1005,8 @@ static void mls_http_settings_init_once(void)
 static void mls_http_server_maybe_free(mls_http_server *srv)
 {
     if (srv->shutting_down && srv->listener_closed && srv->conns == NULL) {
+        mls_free(MLS_ALLOC_TAG_NET, srv->addr_buckets,
+                 sizeof(*srv->addr_buckets) * ((size_t)srv->addr_mask + 1));
         mls_free(MLS_ALLOC_TAG_NET, srv, sizeof(*srv));
     }
 }
@@ -917,6 +1055,7 @@ static void mls_http_conn_close(mls_http_conn *c)
         return;
     }
     c->closing = true;
+    mls_http_conn_forget(c);
     if (c->reading) {
         uv_read_stop((uv_stream_t *)&c->tcp);
         c->reading = false;
@@ -924,6 +1063,19 @@ static void mls_http_conn_close(mls_http_conn *c)
     uv_timer_stop(&c->timer);
     uv_close((uv_handle_t *)&c->timer, mls_http_conn_handle_closed);
     uv_close((uv_handle_t *)&c->tcp, mls_http_conn_handle_closed);
+}
+
+/* An IDLE connection's deadline: the first-byte timeout until the client sent
+ * something, then the keep-alive idle timeout. */
+static uint64_t mls_http_conn_idle_deadline(const mls_http_conn *c)
+{
+    const mls_http_config *cfg = &c->srv->cfg;
+    uint32_t ms = cfg->idle_timeout_ms;
+
+    if (!c->got_byte && cfg->first_byte_timeout_ms > 0 && cfg->first_byte_timeout_ms < ms) {
+        ms = cfg->first_byte_timeout_ms;
+    }
+    return c->t_activity_ms + ms;
 }
 
 static void mls_http_conn_timer_cb(uv_timer_t *t)
@@ -943,7 +1095,11 @@ static void mls_http_conn_timer_cb(uv_timer_t *t)
     }
     switch (c->state) {
     case MLS_HTTP_CONN_IDLE:
-        if (now >= c->t_activity_ms + cfg->idle_timeout_ms) {
+        if (now >= mls_http_conn_idle_deadline(c)) {
+            if (!c->got_byte) {
+                mls_debug("http %s: nothing sent within %u ms, closing", c->peer,
+                          cfg->first_byte_timeout_ms);
+            }
             mls_http_conn_close(c);
             return;
         }
@@ -978,7 +1134,7 @@ static void mls_http_conn_timer_update(mls_http_conn *c)
     if (c->write_queued > 0) {
         deadline = c->t_write_ms + cfg->write_timeout_ms;
     } else if (c->state == MLS_HTTP_CONN_IDLE) {
-        deadline = c->t_activity_ms + cfg->idle_timeout_ms;
+        deadline = mls_http_conn_idle_deadline(c);
     } else if (c->state == MLS_HTTP_CONN_READING) {
         deadline = c->t_request_ms + cfg->request_timeout_ms;
     } else if (c->state == MLS_HTTP_CONN_LINGER) {
@@ -1016,6 +1172,7 @@ static void mls_http_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     c->srv->stats.bytes_in += (uint64_t)nread;
+    c->got_byte = true;
     c->t_activity_ms = uv_now(c->srv->loop);
     if (c->state == MLS_HTTP_CONN_LINGER) {
         return; /* draining after an error answer */
@@ -1056,7 +1213,7 @@ static void mls_http_conn_dispatch(mls_http_conn *c)
     mls_http_req *req = c->req;
 
     c->req_ready = false;
-    c->state = MLS_HTTP_CONN_HANDLING;
+    mls_http_conn_set_state(c, MLS_HTTP_CONN_HANDLING);
     c->srv->stats.requests++;
     mls_http_conn_timer_update(c);
     c->srv->handler(req, c->srv->user); /* may complete req before returning */
@@ -1143,28 +1300,43 @@ static void mls_http_on_connection(uv_stream_t *listener, int status)
         return;
     }
     srv->stats.connections_accepted++;
-    if (srv->stats.connections_open > srv->cfg.max_connections) {
-        srv->stats.connections_refused++;
-        mls_http_conn_close(c);
-        return;
-    }
-    uv_tcp_nodelay(&c->tcp, 1);
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&sa, &salen) == 0) {
         char ip[INET6_ADDRSTRLEN] = "";
         int port = 0;
         if (sa.ss_family == AF_INET) {
             uv_ip4_name((struct sockaddr_in *)&sa, ip, sizeof(ip));
             port = ntohs(((struct sockaddr_in *)&sa)->sin_port);
+            c->addr[0] = 4;
+            memcpy(c->addr + 1, &((struct sockaddr_in *)&sa)->sin_addr, 4);
         } else if (sa.ss_family == AF_INET6) {
             uv_ip6_name((struct sockaddr_in6 *)&sa, ip, sizeof(ip));
             port = ntohs(((struct sockaddr_in6 *)&sa)->sin6_port);
+            c->addr[0] = 6;
+            memcpy(c->addr + 1, &((struct sockaddr_in6 *)&sa)->sin6_addr, 16);
         }
         snprintf(c->peer, sizeof(c->peer), "%s:%d", ip, port);
     }
+    /* one address may not take every slot; then the cap, idle ones making room */
+    if (srv->cfg.max_connections_per_addr > 0 &&
+        mls_http_addr_count(srv, c->addr) >= srv->cfg.max_connections_per_addr) {
+        mls_debug("http %s: refused: %u connections from this address already", c->peer,
+                  srv->cfg.max_connections_per_addr);
+        srv->stats.connections_refused_per_addr++;
+        mls_http_conn_close(c);
+        return;
+    }
+    if (srv->n_active >= srv->cfg.max_connections && !mls_http_evict_idle(srv)) {
+        mls_debug("http %s: refused: %u connections open, none idle", c->peer, srv->n_active);
+        srv->stats.connections_refused++;
+        mls_http_conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
     llhttp_init(&c->parser, HTTP_REQUEST, &mls_http_settings);
     c->parser.data = c;
     c->state = MLS_HTTP_CONN_IDLE;
     c->t_activity_ms = uv_now(srv->loop);
+    mls_http_conn_admit(c); /* counted, and on the idle list */
     mls_http_conn_read_start(c);
     mls_http_conn_timer_update(c);
 }
@@ -1207,6 +1379,18 @@ mls_status mls_http_server_create(uv_loop_t *loop, const mls_http_config *cfg,
         mls_err_set(err, "http: '%s' is not an IPv4 or IPv6 address", cfg->host);
         mls_free(MLS_ALLOC_TAG_NET, srv, sizeof(*srv));
         return MLS_ERR_INVALID_ARG;
+    }
+    /* address table: about one chain per two connections, 64 to 64k chains */
+    srv->addr_mask = 63;
+    while (srv->addr_mask < 65535 && srv->addr_mask + 1 < cfg->max_connections / 2) {
+        srv->addr_mask = srv->addr_mask * 2 + 1;
+    }
+    srv->addr_buckets = mls_alloc(MLS_ALLOC_TAG_NET,
+                                  sizeof(*srv->addr_buckets) * ((size_t)srv->addr_mask + 1));
+    if (srv->addr_buckets == NULL) {
+        mls_err_set(err, "http: out of memory");
+        mls_free(MLS_ALLOC_TAG_NET, srv, sizeof(*srv));
+        return MLS_ERR_NO_MEMORY;
     }
     uv_tcp_init(loop, &srv->listener);
     srv->listener.data = srv;

@@ -11,7 +11,13 @@
  *     refused from Content-Length before any of it is buffered. Malformed HTTP
  *     -> 400. These answers carry an OpenAI-style JSON error and close the
  *     connection; other connections are not disturbed.
- *   - timeouts: an idle keep-alive connection is closed after idle_timeout_ms;
+ *   - connections: at most max_connections_per_addr from one client address
+ *     (more are closed at once); at max_connections in all, the connection
+ *     idle longest (no request in progress, nothing queued) is closed to make
+ *     room for the new one, which is refused only when none is idle.
+ *   - timeouts: a new connection that sends nothing within
+ *     first_byte_timeout_ms is closed; an idle keep-alive connection is
+ *     closed after idle_timeout_ms;
  *     a request whose head and body do not arrive within request_timeout_ms
  *     gets 408 (slow clients); a client that stops reading while output is
  *     queued is dropped after write_timeout_ms.
@@ -60,11 +66,13 @@ typedef struct {
     const char *host;               /* "127.0.0.1", "0.0.0.0", "::" */
     int port;                       /* 0 = pick one; see mls_http_server_port */
     int backlog;
-    uint32_t max_connections;       /* accepted beyond this are closed at once */
+    uint32_t max_connections;       /* open at once; idle ones make room, see above */
+    uint32_t max_connections_per_addr; /* from one client address; 0 = no limit */
     uint32_t max_header_bytes;      /* request line + header fields and values */
     uint32_t max_headers;           /* header fields per request */
     uint64_t max_body_bytes;
     uint32_t idle_timeout_ms;       /* keep-alive connection with no request */
+    uint32_t first_byte_timeout_ms; /* a new connection's first byte; 0 = idle_timeout_ms */
     uint32_t request_timeout_ms;    /* first byte of a request to its last */
     uint32_t write_timeout_ms;      /* output queued without progress */
     size_t write_high_water_bytes;  /* mls_http_req_writable() false above this */
@@ -72,8 +80,9 @@ typedef struct {
     const char *server_name;        /* "Server:" header; NULL = none */
 } mls_http_config;
 
-/* Defaults: 127.0.0.1:0, 1024 connections, 16 KiB / 100 headers, 4 MiB body,
- * 60 s idle, 30 s request, 30 s write, 256 KiB high water, 16 MiB queue cap. */
+/* Defaults: 127.0.0.1:0, 1024 connections (64 per client address), 16 KiB /
+ * 100 headers, 4 MiB body, 5 s to the first byte, 60 s idle, 30 s request,
+ * 30 s write, 256 KiB high water, 16 MiB queue cap. */
 void mls_http_config_default(mls_http_config *cfg);
 
 /* Called on the loop thread for each complete request; see the lifetime contract. */
@@ -102,7 +111,9 @@ void mls_http_server_shutdown(mls_http_server *server);
 typedef struct {
     uint64_t connections_accepted;
     uint64_t connections_open;
-    uint64_t connections_refused;   /* over max_connections */
+    uint64_t connections_refused;   /* at max_connections with none idle */
+    uint64_t connections_refused_per_addr; /* over max_connections_per_addr */
+    uint64_t connections_evicted;   /* idle ones closed to make room */
     uint64_t requests;              /* handed to the handler */
     uint64_t bad_requests;          /* 400/408/413/431 answered by the server itself */
     uint64_t client_disconnects;    /* close callbacks delivered */

@@ -4,13 +4,18 @@
  * client in the test thread. Covers keep-alive, pipelining, malformed HTTP,
  * size limits (431/413), request timeout (408), OpenAI error JSON for bad
  * JSON and bad parameters, SSE streaming chunk by chunk, and the cancel
- * callback on client disconnect. Every socket read has a timeout.
+ * callback on client disconnect; the connection limits: 1100 idle connections
+ * from 127.0.0.1 do not lock out a client from 127.0.0.2 and are closed by the
+ * first-byte timeout, the per-address limit, idle connections evicted at the
+ * cap (oldest first) and refusal when none is idle. Every socket read has a
+ * timeout.
  */
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
@@ -233,20 +238,13 @@ static void *test_server_main(void *arg)
     return NULL;
 }
 
-static int test_server_start(test_server *ts)
+static int test_server_start_cfg(test_server *ts, const mls_http_config *cfg)
 {
-    mls_http_config cfg;
     mls_err err = {{0}};
 
     memset(ts, 0, sizeof(*ts));
-    mls_http_config_default(&cfg);
-    cfg.max_header_bytes = 2048;
-    cfg.max_headers = 20;
-    cfg.max_body_bytes = 4096;
-    cfg.request_timeout_ms = 400;
-    cfg.idle_timeout_ms = 5000;
     uv_loop_init(&ts->loop);
-    if (mls_http_server_create(&ts->loop, &cfg, test_handler, ts, &ts->srv, &err) != MLS_OK) {
+    if (mls_http_server_create(&ts->loop, cfg, test_handler, ts, &ts->srv, &err) != MLS_OK) {
         fprintf(stderr, "server: %s\n", err.msg);
         return -1;
     }
@@ -254,6 +252,19 @@ static int test_server_start(test_server *ts)
     uv_async_init(&ts->loop, &ts->stop, test_server_stop_cb);
     ts->stop.data = ts;
     return pthread_create(&ts->thread, NULL, test_server_main, ts);
+}
+
+static int test_server_start(test_server *ts)
+{
+    mls_http_config cfg;
+
+    mls_http_config_default(&cfg);
+    cfg.max_header_bytes = 2048;
+    cfg.max_headers = 20;
+    cfg.max_body_bytes = 4096;
+    cfg.request_timeout_ms = 400;
+    cfg.idle_timeout_ms = 5000;
+    return test_server_start_cfg(ts, &cfg);
 }
 
 static void test_server_stop(test_server *ts)
@@ -471,6 +482,64 @@ static int client_sees_eof(client *c)
 static double now_s(void)
 {
     return (double)mls_now_ns() * 1e-9;
+}
+
+/* A blocking socket to 127.0.0.1:port from the local address from_ip
+ * ("127.0.0.2": the whole of 127/8 is loopback); -1 on failure. */
+static int conn_from(int port, const char *from_ip)
+{
+    struct sockaddr_in sa, local;
+    struct timeval tv = {.tv_sec = 5};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    if (fd < 0) {
+        return -1;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    memset(&local, 0, sizeof(local));
+    local.sin_family = AF_INET;
+    inet_pton(AF_INET, from_ip, &local.sin_addr);
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&local, sizeof(local)) != 0 ||
+        connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* GET /hello on fd and read the answer: its status, or -1. */
+static int fd_get_hello(int fd)
+{
+    static const char req[] = "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n";
+    client c = {.fd = fd};
+    response r;
+
+    if (client_send(&c, req, sizeof(req) - 1) != 0 || client_read_head(&c, &r) != 0) {
+        return -1;
+    }
+    return r.status;
+}
+
+/* 1: the server closed fd (EOF or reset) within timeout_s; 0: still open. */
+static int fd_closed_within(int fd, double timeout_s)
+{
+    double t_end = now_s() + timeout_s;
+    char b[256];
+
+    do {
+        ssize_t n = recv(fd, b, sizeof(b), MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+            return 1;
+        }
+        if (timeout_s > 0) {
+            usleep(10000);
+        }
+    } while (now_s() < t_end);
+    return 0;
 }
 
 /* ---- tests ------------------------------------------------------------------ */
@@ -815,6 +884,170 @@ static void test_sse_backpressure_and_drain(void)
     client_close(&g_c);
 }
 
+/* ---- connection limits (each on its own server) ------------------------------ */
+
+#define FLOOD_CONNS 1100
+
+/*
+ * FLOOD_CONNS connections from 127.0.0.1 that send nothing: a client from
+ * 127.0.0.2 is still served at once, and the first-byte timeout closes every
+ * flood connection. per_addr 0 leaves only the cap (1024) between them:
+ * then idle ones are evicted to make room.
+ */
+static void idle_flood(uint32_t per_addr)
+{
+    mls_http_config cfg;
+    test_server ts;
+    struct rlimit rl;
+    static int fds[FLOOD_CONNS];
+    int opened = 0, fd, closed = 0;
+    double t0;
+
+    getrlimit(RLIMIT_NOFILE, &rl);
+    if (rl.rlim_cur < 3 * FLOOD_CONNS) {
+        rl.rlim_cur = rl.rlim_max < 3 * FLOOD_CONNS ? rl.rlim_max : 3 * FLOOD_CONNS;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    CHECK_MSG(rl.rlim_cur >= 2 * FLOOD_CONNS + 64, "RLIMIT_NOFILE %llu is too low for %d connections",
+              (unsigned long long)rl.rlim_cur, FLOOD_CONNS);
+    mls_http_config_default(&cfg);
+    cfg.max_connections_per_addr = per_addr;
+    cfg.first_byte_timeout_ms = 3000;
+    CHECK_EQ_INT(test_server_start_cfg(&ts, &cfg), 0);
+    t0 = now_s();
+    for (int i = 0; i < FLOOD_CONNS; i++) {
+        fds[i] = conn_from(ts.port, "127.0.0.1");
+        opened += fds[i] >= 0;
+    }
+    CHECK_EQ_INT(opened, FLOOD_CONNS);
+    /* a normal client from another address gets in, long before any timeout frees a slot */
+    fd = conn_from(ts.port, "127.0.0.2");
+    CHECK(fd >= 0);
+    CHECK_EQ_INT(fd_get_hello(fd), 200);
+    fprintf(stderr, "  per-address limit %u: %d idle connections, then a client from 127.0.0.2 "
+            "served %.2f s after the first\n", per_addr, FLOOD_CONNS, now_s() - t0);
+    CHECK_LE_DBL(now_s() - t0, 2.5);
+    close(fd);
+    /* the first-byte timeout (3 s) closes every flood connection */
+    for (int i = 0; i < FLOOD_CONNS; i++) {
+        double left = t0 + 8.0 - now_s();
+        closed += fds[i] >= 0 && fd_closed_within(fds[i], left > 0 ? left : 0);
+    }
+    CHECK_EQ_INT(closed, FLOOD_CONNS);
+    for (int i = 0; i < FLOOD_CONNS; i++) {
+        if (fds[i] >= 0) {
+            close(fds[i]);
+        }
+    }
+    test_server_stop(&ts);
+    fprintf(stderr, "  accepted %llu, refused per address %llu, evicted %llu, refused %llu\n",
+            (unsigned long long)ts.stats.connections_accepted,
+            (unsigned long long)ts.stats.connections_refused_per_addr,
+            (unsigned long long)ts.stats.connections_evicted,
+            (unsigned long long)ts.stats.connections_refused);
+    if (per_addr > 0) {
+        CHECK(ts.stats.connections_refused_per_addr >= FLOOD_CONNS - per_addr);
+    } else {
+        CHECK(ts.stats.connections_evicted >= FLOOD_CONNS + 1 - 1024);
+    }
+    CHECK_EQ_INT((int)ts.stats.connections_refused, 0);
+}
+
+static void test_idle_flood_does_not_lock_out_others(void)
+{
+    idle_flood(64); /* the default per-address limit */
+}
+
+static void test_idle_flood_evicted_at_the_cap(void)
+{
+    idle_flood(0);
+}
+
+static void test_per_address_limit(void)
+{
+    mls_http_config cfg;
+    test_server ts;
+    int fds[4], extra, other;
+
+    mls_http_config_default(&cfg);
+    cfg.max_connections_per_addr = 4;
+    CHECK_EQ_INT(test_server_start_cfg(&ts, &cfg), 0);
+    for (int i = 0; i < 4; i++) {
+        fds[i] = conn_from(ts.port, "127.0.0.1");
+        CHECK(fds[i] >= 0);
+    }
+    extra = conn_from(ts.port, "127.0.0.1");
+    CHECK(extra >= 0);
+    CHECK_MSG(fd_closed_within(extra, 2.0), "a fifth connection from one address stays open");
+    other = conn_from(ts.port, "127.0.0.2");
+    CHECK_EQ_INT(fd_get_hello(other), 200);
+    for (int i = 0; i < 4; i++) {
+        CHECK_EQ_INT(fd_get_hello(fds[i]), 200); /* the four admitted ones serve */
+        close(fds[i]);
+    }
+    close(extra);
+    close(other);
+    test_server_stop(&ts);
+    CHECK_EQ_INT((int)ts.stats.connections_refused_per_addr, 1);
+}
+
+/* At the cap the connection idle longest goes; with none idle the new one is refused. */
+static void test_idle_evicted_oldest_first_then_refused(void)
+{
+    mls_http_config cfg;
+    test_server ts;
+    int fd[6], s1, s2;
+
+    mls_http_config_default(&cfg);
+    cfg.max_connections = 4;
+    cfg.max_connections_per_addr = 0;
+    CHECK_EQ_INT(test_server_start_cfg(&ts, &cfg), 0);
+    for (int i = 0; i < 4; i++) { /* A B C D, idle, in this order */
+        fd[i] = conn_from(ts.port, "127.0.0.1");
+        CHECK(fd[i] >= 0);
+        usleep(20000);
+    }
+    fd[4] = conn_from(ts.port, "127.0.0.2"); /* E: A makes room */
+    CHECK_EQ_INT(fd_get_hello(fd[4]), 200);
+    CHECK_MSG(fd_closed_within(fd[0], 2.0), "the oldest idle connection was not evicted");
+    CHECK_EQ_INT(fd_get_hello(fd[1]), 200); /* B served: now idle last (C D E B) */
+    fd[5] = conn_from(ts.port, "127.0.0.2"); /* F: C makes room */
+    CHECK_EQ_INT(fd_get_hello(fd[5]), 200);
+    CHECK_MSG(fd_closed_within(fd[2], 2.0), "C (idle longest) was not evicted");
+    CHECK_MSG(!fd_closed_within(fd[3], 0.2), "D was evicted before C");
+    CHECK_MSG(!fd_closed_within(fd[1], 0), "B (recently served) was evicted");
+    for (int i = 0; i < 6; i++) {
+        close(fd[i]);
+    }
+    /* none idle: four endless streams hold every slot; a fifth connection is refused */
+    usleep(100000);
+    {
+        static const char sse[] = "GET /sse_forever HTTP/1.1\r\nHost: x\r\n\r\n";
+        int st[4];
+        for (int i = 0; i < 4; i++) {
+            client c = {.fd = conn_from(ts.port, "127.0.0.1")};
+            response r;
+            st[i] = c.fd;
+            CHECK(c.fd >= 0 && client_send(&c, sse, sizeof(sse) - 1) == 0);
+            CHECK(client_read_head(&c, &r) == 0 && r.status == 200);
+        }
+        s1 = conn_from(ts.port, "127.0.0.2");
+        CHECK_MSG(fd_closed_within(s1, 2.0), "a connection beyond the cap was admitted with none idle");
+        for (int i = 0; i < 4; i++) {
+            close(st[i]);
+        }
+    }
+    /* streams gone: room again */
+    usleep(200000);
+    s2 = conn_from(ts.port, "127.0.0.2");
+    CHECK_EQ_INT(fd_get_hello(s2), 200);
+    close(s1);
+    close(s2);
+    test_server_stop(&ts);
+    CHECK_EQ_INT((int)ts.stats.connections_evicted, 2);
+    CHECK_EQ_INT((int)ts.stats.connections_refused, 1);
+}
+
 int main(void)
 {
     int64_t net0 = mls_alloc_bytes(MLS_ALLOC_TAG_NET);
@@ -834,6 +1067,10 @@ int main(void)
     MLS_TEST_RUN(test_sse_stream_chunk_by_chunk);
     MLS_TEST_RUN(test_client_disconnect_cancels_stream);
     MLS_TEST_RUN(test_sse_backpressure_and_drain);
+    MLS_TEST_RUN(test_per_address_limit);
+    MLS_TEST_RUN(test_idle_evicted_oldest_first_then_refused);
+    MLS_TEST_RUN(test_idle_flood_does_not_lock_out_others);
+    MLS_TEST_RUN(test_idle_flood_evicted_at_the_cap);
     client_close(&g_c);
     test_server_stop(&g_srv);
     fprintf(stderr, "server stats: %llu connections, %llu requests, %llu refused by the server, "
