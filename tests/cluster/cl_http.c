@@ -11,6 +11,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "mls_buf.h"
+
 int cl_connect(int port)
 {
     struct sockaddr_in sa = {0};
@@ -62,8 +64,8 @@ static size_t cl_dechunk(char *b, size_t len)
 int cl_raw(int port, const char *raw, size_t len, double timeout_s, cl_response *resp)
 {
     int fd = cl_connect(port);
-    size_t cap = 65536, n = 0;
-    char *buf;
+    mls_buf buf = MLS_BUF_INIT(MLS_ALLOC_TAG_MISC); /* the whole response */
+    char chunk[16384];
     double deadline = cl_now() + timeout_s;
     char *sep;
 
@@ -75,7 +77,6 @@ int cl_raw(int port, const char *raw, size_t len, double timeout_s, cl_response 
         close(fd);
         return -1;
     }
-    buf = malloc(cap);
     for (;;) {
         struct pollfd pfd = {fd, POLLIN, 0};
         ssize_t r;
@@ -83,34 +84,28 @@ int cl_raw(int port, const char *raw, size_t len, double timeout_s, cl_response 
         if (left <= 0 || poll(&pfd, 1, left) <= 0) {
             break;
         }
-        if (n + 4096 > cap) {
-            cap *= 2;
-            buf = realloc(buf, cap);
-        }
-        r = read(fd, buf + n, cap - n - 1);
-        if (r <= 0) {
+        r = read(fd, chunk, sizeof(chunk));
+        if (r <= 0 || mls_buf_append(&buf, chunk, (size_t)r) != MLS_OK) {
             break;
         }
-        n += (size_t)r;
     }
     close(fd);
-    buf[n] = '\0';
-    sep = strstr(buf, "\r\n\r\n");
-    if (strncmp(buf, "HTTP/1.", 7) != 0 || sep == NULL) {
-        free(buf);
+    if (buf.data == NULL || strncmp(buf.data, "HTTP/1.", 7) != 0 ||
+        (sep = strstr(buf.data, "\r\n\r\n")) == NULL) {
+        mls_buf_free(&buf);
         return -1;
     }
-    resp->status = atoi(buf + 9);
+    resp->status = atoi(buf.data + 9);
     *sep = '\0';
-    resp->headers = strdup(buf);
-    resp->body_len = n - (size_t)(sep + 4 - buf);
+    resp->headers = strdup(buf.data);
+    resp->body_len = buf.len - (size_t)(sep + 4 - buf.data);
     resp->body = malloc(resp->body_len + 1);
     memcpy(resp->body, sep + 4, resp->body_len);
     resp->body[resp->body_len] = '\0';
     if (strcasestr(resp->headers, "transfer-encoding: chunked") != NULL) {
         resp->body_len = cl_dechunk(resp->body, resp->body_len);
     }
-    free(buf);
+    mls_buf_free(&buf);
     return 0;
 }
 

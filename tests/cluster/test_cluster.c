@@ -27,6 +27,7 @@
 #include <time.h>
 
 #include "cl_http.h"
+#include "mls_buf.h"
 #include "mls_test.h"
 #include "tok.h"
 
@@ -251,9 +252,8 @@ static void call_run(call *k)
         }
         cJSON_Delete(j);
     } else {
-        size_t tcap = 4096, len = 0;
+        mls_buf text = MLS_BUF_INIT(MLS_ALLOC_TAG_MISC); /* the chunks' text joined */
         char *ev;
-        k->text = calloc(1, tcap);
         for (size_t i = 0; (ev = cl_sse_event(r.body, i)) != NULL; i++) {
             cJSON *j, *choices, *ch;
             if (strcmp(ev, "[DONE]") == 0) {
@@ -275,12 +275,9 @@ static void call_run(call *k)
                 if (!cl_utf8_valid(t, n)) {
                     k->utf8_ok = false;
                 }
-                while (len + n + 1 > tcap) {
-                    tcap *= 2;
-                    k->text = realloc(k->text, tcap);
+                if (mls_buf_append(&text, t, n) != MLS_OK) {
+                    k->status = -1; /* out of memory: the call counts as failed */
                 }
-                memcpy(k->text + len, t, n + 1);
-                len += n;
                 k->chunks++;
             } else if (cJSON_GetObjectItem(j, "usage") != NULL) {
                 k->completion_tokens =
@@ -288,6 +285,7 @@ static void call_run(call *k)
             }
             cJSON_Delete(j);
         }
+        k->text = mls_buf_detach(&text, NULL);
     }
     cl_response_free(&r);
 }

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "mls_buf.h"
 #include "mls_test.h"
 
 static int stat_ok(const cJSON *obj, const char *name)
@@ -44,36 +45,29 @@ static int num_ok(const cJSON *obj, const char *name)
     return 1;
 }
 
+/* The command's whole stdout (the caller frees it), or NULL when it failed. */
 static char *run_bench(const char *bin)
 {
-    char cmd[1024];
-    size_t cap = 1 << 16, len = 0, got;
-    char *buf = malloc(cap);
+    char cmd[1024], chunk[4096];
+    mls_buf out = MLS_BUF_INIT(MLS_ALLOC_TAG_MISC);
+    size_t got;
     FILE *f;
     snprintf(cmd, sizeof(cmd), "%s bench kernels --quick --json --reps 2", bin);
     f = popen(cmd, "r");
-    if (f == NULL || buf == NULL) {
-        free(buf);
+    if (f == NULL) {
         return NULL;
     }
-    while ((got = fread(buf + len, 1, cap - len - 1, f)) > 0) {
-        len += got;
-        if (len + 1 == cap) {
-            char *nb = realloc(buf, cap * 2);
-            if (nb == NULL) {
-                break;
-            }
-            buf = nb;
-            cap *= 2;
+    while ((got = fread(chunk, 1, sizeof(chunk), f)) > 0) {
+        if (mls_buf_append(&out, chunk, got) != MLS_OK) {
+            break;
         }
     }
-    buf[len] = '\0';
     if (pclose(f) != 0) {
-        fprintf(stderr, "  '%s' failed; output:\n%s\n", cmd, buf);
-        free(buf);
+        fprintf(stderr, "  '%s' failed; output:\n%s\n", cmd, out.data != NULL ? out.data : "");
+        mls_buf_free(&out);
         return NULL;
     }
-    return buf;
+    return mls_buf_detach(&out, NULL);
 }
 
 static void test_bench_json(void)

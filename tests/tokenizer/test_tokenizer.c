@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "mls_alloc.h"
+#include "mls_buf.h"
 #include "mls_status.h"
 #include "mls_test.h"
 #include "tjson.h"
@@ -149,8 +150,7 @@ static bool stream_check(case_ctx *cx, const char *name, const int32_t *ids, siz
 {
     tok_detok *d = NULL;
     mls_err err;
-    char *acc = NULL;
-    size_t acc_len = 0;
+    mls_buf acc = MLS_BUF_INIT(MLS_ALLOC_TAG_MISC); /* the text streamed so far */
     bool ok = true;
     const char *chunk;
     size_t clen;
@@ -167,20 +167,16 @@ static bool stream_check(case_ctx *cx, const char *name, const int32_t *ids, siz
             ok = false;
             break;
         }
-        char *na = realloc(acc, acc_len + clen + 1);
-        if (na == NULL) {
+        if (mls_buf_append(&acc, chunk, clen) != MLS_OK) {
             ok = false;
             break;
         }
-        acc = na;
-        memcpy(acc + acc_len, chunk, clen);
-        acc_len += clen;
         /* never a broken UTF-8 sequence, never text the final result disagrees with */
         if (clen > 0 && (chunk[0] & 0xC0) == 0x80) {
             case_fail(cx, name, "chunk %zu starts inside a UTF-8 sequence", k);
             ok = false;
         }
-        if (acc_len > want->len || memcmp(acc, want->str, acc_len) != 0) {
+        if (acc.len > want->len || memcmp(acc.data, want->str, acc.len) != 0) {
             case_fail(cx, name,
                       "after %zu ids the streamed text is not a prefix of the final "
                       "text",
@@ -191,20 +187,21 @@ static bool stream_check(case_ctx *cx, const char *name, const int32_t *ids, siz
             const tj_val *p = prefixes->items[k];
             size_t pend = tok_detok_pending(d);
             /* prefixes[k] = emitted + (one U+FFFD for held bytes, if any) */
-            bool match = p->len == acc_len + (pend ? 3 : 0) && memcmp(p->str, acc, acc_len) == 0 &&
-                         (pend == 0 || memcmp(p->str + acc_len, "\xEF\xBF\xBD", 3) == 0);
+            bool match = p->len == acc.len + (pend ? 3 : 0) &&
+                         memcmp(p->str, acc.data, acc.len) == 0 &&
+                         (pend == 0 || memcmp(p->str + acc.len, "\xEF\xBF\xBD", 3) == 0);
             if (!match) {
                 case_fail(cx, name,
                           "prefix %zu: emitted %zu bytes, %zu held; reference prefix "
                           "is %zu bytes",
-                          k + 1, acc_len, pend, p->len);
+                          k + 1, acc.len, pend, p->len);
                 ok = false;
             }
             cx->n_prefix++;
         }
     }
-    if (ok && acc_len != want->len) {
-        case_fail(cx, name, "streamed %zu bytes, decode gives %zu", acc_len, want->len);
+    if (ok && acc.len != want->len) {
+        case_fail(cx, name, "streamed %zu bytes, decode gives %zu", acc.len, want->len);
         ok = false;
     }
     if (ok && tok_detok_pending(d) != 0) {
@@ -212,7 +209,7 @@ static bool stream_check(case_ctx *cx, const char *name, const int32_t *ids, siz
         ok = false;
     }
     cx->n_stream++;
-    free(acc);
+    mls_buf_free(&acc);
     tok_detok_destroy(d);
     return ok;
 }

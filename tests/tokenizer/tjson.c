@@ -4,6 +4,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mls_buf.h"
+
+/* The reader's strings and arrays count under MISC. */
+#define TJ_TAG MLS_ALLOC_TAG_MISC
+
 typedef struct {
     const char *s;
     size_t n, i;
@@ -17,24 +22,9 @@ static void tj_ws(tj_in *in)
     }
 }
 
-static bool tj_push(char **buf, size_t *len, size_t *cap, const char *p, size_t n)
+static bool tj_push(mls_buf *b, const char *p, size_t n)
 {
-    if (*len + n + 1 > *cap) {
-        size_t c = *cap ? *cap * 2 : 32;
-        while (c < *len + n + 1) {
-            c *= 2;
-        }
-        char *nb = realloc(*buf, c);
-        if (nb == NULL) {
-            return false;
-        }
-        *buf = nb;
-        *cap = c;
-    }
-    memcpy(*buf + *len, p, n);
-    *len += n;
-    (*buf)[*len] = '\0';
-    return true;
+    return mls_buf_append(b, p, n) == MLS_OK;
 }
 
 static int tj_hex4(const char *p)
@@ -58,17 +48,15 @@ static int tj_hex4(const char *p)
 
 static bool tj_string(tj_in *in, char **out_p, size_t *len_p)
 {
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
+    mls_buf buf = MLS_BUF_INIT(TJ_TAG);
     if (in->i >= in->n || in->s[in->i] != '"') {
         return false;
     }
     in->i++;
-    tj_push(&buf, &len, &cap, "", 0);
     while (in->i < in->n && in->s[in->i] != '"') {
         char c = in->s[in->i++];
         if (c != '\\') {
-            if (!tj_push(&buf, &len, &cap, &c, 1)) {
+            if (!tj_push(&buf, &c, 1)) {
                 goto err_free_buf;
             }
             continue;
@@ -140,7 +128,7 @@ static bool tj_string(tj_in *in, char **out_p, size_t *len_p)
                 u[3] = (char)(0x80 | (cp & 0x3F));
                 un = 4;
             }
-            if (!tj_push(&buf, &len, &cap, u, un)) {
+            if (!tj_push(&buf, u, un)) {
                 goto err_free_buf;
             }
             continue;
@@ -148,7 +136,7 @@ static bool tj_string(tj_in *in, char **out_p, size_t *len_p)
         default:
             goto err_free_buf;
         }
-        if (!tj_push(&buf, &len, &cap, &o, 1)) {
+        if (!tj_push(&buf, &o, 1)) {
             goto err_free_buf;
         }
     }
@@ -156,11 +144,10 @@ static bool tj_string(tj_in *in, char **out_p, size_t *len_p)
         goto err_free_buf;
     }
     in->i++;
-    *out_p = buf;
-    *len_p = len;
-    return true;
+    *out_p = mls_buf_detach(&buf, len_p); /* "" for an empty string; freed by tj_free */
+    return *out_p != NULL;
 err_free_buf:
-    free(buf);
+    mls_buf_free(&buf);
     return false;
 }
 
@@ -168,17 +155,15 @@ static tj_val *tj_value(tj_in *in);
 
 static bool tj_add(tj_val *v, tj_val *item, char *key)
 {
-    tj_val **ni = realloc(v->items, (v->n + 1) * sizeof(*ni));
-    if (ni == NULL) {
+    if (mls_array_reserve(&v->items, &v->items_cap, v->n + 1, sizeof(*v->items), TJ_TAG) !=
+        MLS_OK) {
         return false;
     }
-    v->items = ni;
     if (v->type == TJ_OBJ) {
-        char **nk = realloc(v->keys, (v->n + 1) * sizeof(*nk));
-        if (nk == NULL) {
+        if (mls_array_reserve(&v->keys, &v->keys_cap, v->n + 1, sizeof(*v->keys), TJ_TAG) !=
+            MLS_OK) {
             return false;
         }
-        v->keys = nk;
         v->keys[v->n] = key;
     }
     v->items[v->n++] = item;
@@ -320,8 +305,8 @@ void tj_free(tj_val *v)
             free(v->keys[i]);
         }
     }
-    free(v->items);
-    free(v->keys);
+    mls_array_free(&v->items, &v->items_cap, sizeof(*v->items), TJ_TAG);
+    mls_array_free(&v->keys, &v->keys_cap, sizeof(*v->keys), TJ_TAG);
     free(v->str);
     free(v);
 }

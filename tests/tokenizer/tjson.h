@@ -19,9 +19,10 @@ typedef struct tj_val {
     double num;
     char *str; /* TJ_STR: NUL-terminated, len bytes (may contain NULs) */
     size_t len;
-    struct tj_val **items; /* TJ_ARR / TJ_OBJ: (n) values */
-    char **keys;           /* TJ_OBJ: (n) keys */
+    struct tj_val **items; /* TJ_ARR / TJ_OBJ: (items_cap) n values */
+    char **keys;           /* TJ_OBJ: (keys_cap) n keys */
     size_t n;
+    size_t items_cap, keys_cap;
 } tj_val;
 
 /* Parses s[0..n); NULL on a syntax error (or trailing garbage). Free with tj_free. */
