@@ -104,6 +104,7 @@ mls_oai_endpoint mls_oai_route(const char *method, const char *path, mls_oai_err
         {"/v1/chat/completions", "POST", MLS_OAI_EP_CHAT},
         {"/v1/models", "GET", MLS_OAI_EP_MODELS},
         {"/health", "GET", MLS_OAI_EP_HEALTH},
+        {"/ready", "GET", MLS_OAI_EP_READY},
         {"/metrics", "GET", MLS_OAI_EP_METRICS},
     };
     size_t plen = strlen(path);

@@ -5,7 +5,10 @@
  * glues these to mls_http.h and the cluster.
  *
  * Endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models,
- * GET /health, GET /metrics (HEAD allowed on the GETs).
+ * GET /health, GET /ready, GET /metrics (HEAD allowed on the GETs).
+ *
+ * Strings: a NUL character in any JSON string of a request (a "\u0000"
+ * escape or a raw 0 byte) is refused with 400 rather than truncated.
  *
  * Errors follow OpenAI's shape, {"error":{"message","type","param","code"}},
  * with these HTTP statuses and types:
@@ -36,7 +39,8 @@ typedef enum {
     MLS_OAI_EP_COMPLETIONS,       /* POST /v1/completions */
     MLS_OAI_EP_CHAT,              /* POST /v1/chat/completions */
     MLS_OAI_EP_MODELS,            /* GET /v1/models */
-    MLS_OAI_EP_HEALTH,            /* GET /health */
+    MLS_OAI_EP_HEALTH,            /* GET /health: liveness */
+    MLS_OAI_EP_READY,             /* GET /ready: readiness (capacity to serve) */
     MLS_OAI_EP_METRICS,           /* GET /metrics */
 } mls_oai_endpoint;
 

@@ -598,6 +598,28 @@ static mls_status mls_oai_parse_sampling(const cJSON *root, mls_oai_kind kind,
     return MLS_OK;
 }
 
+/*
+ * True when a string of the (valid) JSON text body holds a NUL: a raw 0 byte
+ * or a \u0000 escape. cJSON ends its strings at a NUL, so the prompt would be
+ * cut there silently. Outside strings a backslash is not valid JSON, so every
+ * backslash starts a two-character escape ("\\u0000" is a backslash, then text).
+ */
+static bool mls_oai_body_has_nul(const char *body, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (body[i] == '\0') {
+            return true;
+        }
+        if (body[i] == '\\' && i + 1 < len) {
+            if (body[i + 1] == 'u' && i + 5 < len && memcmp(body + i + 2, "0000", 4) == 0) {
+                return true;
+            }
+            i++; /* the escaped character */
+        }
+    }
+    return false;
+}
+
 mls_status mls_oai_request_parse(mls_oai_kind kind, const char *body, size_t len,
                                  const mls_oai_limits *lim, mls_oai_request **req_p,
                                  mls_oai_error *err)
@@ -633,6 +655,12 @@ mls_status mls_oai_request_parse(mls_oai_kind kind, const char *body, size_t len
     if (!cJSON_IsObject(root)) {
         mls_oai_error_set(err, 400, NULL, "invalid_json", "request body must be a JSON object");
         st = MLS_ERR_PARSE;
+        goto out_delete_json;
+    }
+    if (mls_oai_body_has_nul(body, len)) {
+        st = mls_oai_bad(err, kind == MLS_OAI_KIND_CHAT ? "messages" : "prompt",
+                         "prompt contains a NUL character (\\u0000); strings with NUL are refused, "
+                         "not truncated");
         goto out_delete_json;
     }
     r = calloc(1, sizeof(*r));

@@ -191,6 +191,44 @@ static void test_limits_and_models(void)
                  MLS_ERR_TOO_LARGE);
 }
 
+/* A NUL in a string (escaped or raw) is refused with 400, never truncated;
+ * an escaped backslash before "u0000" is text, not a NUL. */
+static void test_nul_in_strings_refused(void)
+{
+    static const char *const refused[] = {
+        "{\"prompt\":\"abc\\u0000def\"}",
+        "{\"prompt\":[\"ok\",\"x\\u0000\"]}",
+        "{\"prompt\":\"hi\",\"stop\":\"a\\u0000\"}",
+    };
+    const char chat[] = "{\"messages\":[{\"role\":\"user\",\"content\":\"a\\u0000b\"}]}";
+    const char raw[] = "{\"prompt\":\"ab\0cd\"}";
+    mls_oai_request *r = NULL;
+    mls_oai_error err;
+
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        memset(&err, 0, sizeof(err));
+        CHECK_STATUS(mls_oai_request_parse(MLS_OAI_KIND_COMPLETION, refused[i], strlen(refused[i]), NULL, &r,
+                                           &err),
+                     MLS_ERR_INVALID_ARG);
+        CHECK_EQ_INT(err.http_status, 400);
+        CHECK_MSG(strstr(err.message, "prompt contains a NUL character") != NULL, "%s -> %s", refused[i],
+                  err.message);
+    }
+    CHECK_STATUS(mls_oai_request_parse(MLS_OAI_KIND_CHAT, chat, strlen(chat), NULL, &r, &err), MLS_ERR_INVALID_ARG);
+    CHECK_STR_EQ(err.param, "messages");
+    CHECK_STATUS(mls_oai_request_parse(MLS_OAI_KIND_COMPLETION, raw, sizeof(raw) - 1, NULL, &r, &err),
+                 MLS_ERR_INVALID_ARG);
+    CHECK_EQ_INT(err.http_status, 400);
+    /* "\\u0000" in JSON is a backslash followed by the text u0000: kept whole */
+    {
+        const char ok[] = "{\"prompt\":\"a\\\\u0000b\"}";
+        CHECK_OK(mls_oai_request_parse(MLS_OAI_KIND_COMPLETION, ok, strlen(ok), NULL, &r, &err));
+        CHECK_STR_EQ(r->prompt, "a\\u0000b");
+        mls_oai_request_free(r);
+        r = NULL;
+    }
+}
+
 static void test_route_and_auth(void)
 {
     static const char *const keys[] = {"sk-one", "sk-two"};
@@ -200,6 +238,7 @@ static void test_route_and_auth(void)
     CHECK_EQ_INT(mls_oai_route("POST", "/v1/chat/completions", &err), MLS_OAI_EP_CHAT);
     CHECK_EQ_INT(mls_oai_route("GET", "/v1/models/", &err), MLS_OAI_EP_MODELS);
     CHECK_EQ_INT(mls_oai_route("HEAD", "/health", &err), MLS_OAI_EP_HEALTH);
+    CHECK_EQ_INT(mls_oai_route("GET", "/ready", &err), MLS_OAI_EP_READY);
     CHECK_EQ_INT(mls_oai_route("GET", "/metrics", &err), MLS_OAI_EP_METRICS);
     CHECK_EQ_INT(mls_oai_route("GET", "/v1/completions", &err), MLS_OAI_EP_NONE);
     CHECK_EQ_INT(err.http_status, 405);
@@ -403,6 +442,7 @@ int main(void)
     MLS_TEST_RUN(test_parsed_values);
     MLS_TEST_RUN(test_limits_and_models);
     MLS_TEST_RUN(test_route_and_auth);
+    MLS_TEST_RUN(test_nul_in_strings_refused);
     MLS_TEST_RUN(test_render_shapes);
     MLS_TEST_RUN(test_prometheus);
     return MLS_TEST_DONE();
