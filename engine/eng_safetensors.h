@@ -36,7 +36,8 @@
     X(I16, "I16", 2)       \
     X(I8, "I8", 1)         \
     X(U8, "U8", 1)         \
-    X(BOOL, "BOOL", 1)
+    X(BOOL, "BOOL", 1)     \
+    X(F8_E8M0, "F8_E8M0", 1) /* UE8M0: 2^(code-127), 0xFF NaN (DeepSeek-V4 scales) */
 
 typedef enum {
 #define ST_DTYPE_ENUM_(name, str, size) ST_DTYPE_##name,
