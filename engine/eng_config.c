@@ -1,5 +1,5 @@
 /*
- * eng_config.c - parse and validate a DeepSeek-V2/V3 config.json.
+ * eng_config.c - parse and validate a DeepSeek-V2/V3/V4 config.json.
  *
  * Keys follow the Hugging Face configs (configuration_deepseek.py). Architecture
  * dimensions are required; routing and numeric knobs take the defaults of
@@ -8,6 +8,12 @@
  * n_shared_experts none, first_k_dense_replace 0, rms_norm_eps 1e-6,
  * rope_theta 10000, topk_method greedy, scoring_func softmax). bos/eos are -1
  * when absent. Every error names the source and the key.
+ *
+ * DeepSeek-V4 (model_type deepseek_v4) has its own key set, the official
+ * DeepSeek-V4-Flash config.json's (README-v4 section 1); cfg_parse_v4 reads
+ * it. Its dimensions are all required; hc_eps 1e-6, hc_sinkhorn_iters 20,
+ * swiglu_limit 0 (no clamp), num_hash_layers 0, num_nextn_predict_layers 0
+ * and compress_rope_theta = rope_theta are the defaults.
  */
 #include "eng_config.h"
 
@@ -392,6 +398,274 @@ static mls_status cfg_validate(const cfg_ctx *c, const eng_config *cfg)
     return MLS_OK;
 }
 
+/* ---- DeepSeek-V4 ------------------------------------------------------- */
+
+/* quantization_config.scale_fmt (V4: the scales are UE8M0) and expert_dtype. */
+static mls_status cfg_v4_formats(const cfg_ctx *c, eng_config *cfg)
+{
+    const char *s;
+    const cJSON *q = cfg_get(c, "quantization_config");
+    if (q != NULL) {
+        cfg_ctx r = {q, c->source, "quantization_config.", c->err};
+        CFG_TRY(cfg_str(&r, "scale_fmt", &s));
+        if (s != NULL && strcmp(s, "ue8m0") != 0) {
+            mls_err_set(c->err,
+                        "%s: key \"quantization_config.scale_fmt\" is \"%.32s\"; only \"ue8m0\" "
+                        "is supported",
+                        c->source, s);
+            return MLS_ERR_UNSUPPORTED;
+        }
+    }
+    CFG_TRY(cfg_str(c, "expert_dtype", &s));
+    if (s != NULL && strcmp(s, "fp4") != 0 && strcmp(s, "fp8") != 0 && strcmp(s, "bf16") != 0) {
+        mls_err_set(c->err, "%s: key \"expert_dtype\" is \"%.32s\"; want fp4, fp8 or bf16",
+                    c->source, s);
+        return MLS_ERR_UNSUPPORTED;
+    }
+    cfg->v4.expert_fp4 = s != NULL && strcmp(s, "fp4") == 0;
+    if (cfg->v4.expert_fp4 && !cfg->fp8) {
+        return cfg_bad(c, "expert_dtype", "is fp4 but quantization_config is absent");
+    }
+    return MLS_OK;
+}
+
+/* compress_ratios: one per layer (MTP layers' may follow), each 0 or > 1. */
+static mls_status cfg_v4_ratios(const cfg_ctx *c, eng_config *cfg)
+{
+    const cJSON *a = cfg_get(c, "compress_ratios");
+    eng_config_v4 *v = &cfg->v4;
+    int n;
+
+    if (a == NULL) {
+        return cfg_missing(c, "compress_ratios");
+    }
+    if (!cJSON_IsArray(a)) {
+        return cfg_bad(c, "compress_ratios", "must be a list of integers");
+    }
+    n = cJSON_GetArraySize(a);
+    if (n != cfg->num_hidden_layers && n != cfg->num_hidden_layers + v->num_nextn_predict_layers) {
+        mls_err_set(c->err,
+                    "%s: key \"compress_ratios\" has %d entries; want num_hidden_layers (%d) or "
+                    "num_hidden_layers + num_nextn_predict_layers (%d)",
+                    c->source, n, cfg->num_hidden_layers,
+                    cfg->num_hidden_layers + v->num_nextn_predict_layers);
+        return MLS_ERR_BAD_MODEL;
+    }
+    if (n > ENG_V4_MAX_LAYERS) {
+        return cfg_bad(c, "compress_ratios", "has more entries than this build supports (512)");
+    }
+    for (int i = 0; i < n; i++) {
+        int64_t r;
+        CFG_TRY(cfg_int_value(c, "compress_ratios", cJSON_GetArrayItem(a, i), &r));
+        if (r < 0 || r == 1 || r > 65536) {
+            mls_err_set(c->err,
+                        "%s: key \"compress_ratios\" entry %d is %lld; want 0 (window only), 4 "
+                        "(CSA) or another ratio in 2..65536 (HCA)",
+                        c->source, i, (long long)r);
+            return MLS_ERR_BAD_MODEL;
+        }
+        v->compress_ratios[i] = (int32_t)r;
+    }
+    v->n_compress_ratios = n;
+    return MLS_OK;
+}
+
+static mls_status cfg_v4_enums(const cfg_ctx *c, eng_config *cfg)
+{
+    const char *s;
+    CFG_TRY(cfg_str(c, "scoring_func", &s));
+    if (s == NULL) {
+        return cfg_missing(c, "scoring_func");
+    }
+    if (strcmp(s, "sqrtsoftplus") == 0) {
+        cfg->scoring_func = ENG_SCORE_SQRTSOFTPLUS;
+    } else if (strcmp(s, "sigmoid") == 0) {
+        cfg->scoring_func = ENG_SCORE_SIGMOID;
+    } else if (strcmp(s, "softmax") == 0) {
+        cfg->scoring_func = ENG_SCORE_SOFTMAX;
+    } else {
+        mls_err_set(c->err,
+                    "%s: key \"scoring_func\" is \"%.32s\"; want sqrtsoftplus, sigmoid or softmax",
+                    c->source, s);
+        return MLS_ERR_UNSUPPORTED;
+    }
+    CFG_TRY(cfg_str(c, "topk_method", &s));
+    if (s != NULL && strcmp(s, "noaux_tc") != 0) {
+        mls_err_set(c->err, "%s: key \"topk_method\" is \"%.32s\"; DeepSeek-V4 wants noaux_tc",
+                    c->source, s);
+        return MLS_ERR_UNSUPPORTED;
+    }
+    cfg->topk_method = ENG_TOPK_NOAUX_TC;
+    CFG_TRY(cfg_str(c, "hidden_act", &s));
+    if (s != NULL && strcmp(s, "silu") != 0) {
+        mls_err_set(c->err, "%s: key \"hidden_act\" is \"%.32s\"; only silu is supported",
+                    c->source, s);
+        return MLS_ERR_UNSUPPORTED;
+    }
+    bool attention_bias;
+    CFG_TRY(cfg_bool(c, "attention_bias", false, &attention_bias));
+    if (attention_bias) {
+        mls_err_set(c->err, "%s: key \"attention_bias\" is true; unsupported", c->source);
+        return MLS_ERR_UNSUPPORTED;
+    }
+    return MLS_OK;
+}
+
+static bool cfg_pow2(int64_t v)
+{
+    return v > 0 && (v & (v - 1)) == 0;
+}
+
+/* The V4 values that the forward pass and the KV layout rely on. */
+static mls_status cfg_v4_validate(const cfg_ctx *c, const eng_config *cfg)
+{
+    const eng_config_v4 *v = &cfg->v4;
+    int32_t rope = cfg->qk_rope_head_dim;
+
+    CFG_TRY(cfg_positive(c, "vocab_size", cfg->vocab_size));
+    CFG_TRY(cfg_positive(c, "hidden_size", cfg->hidden_size));
+    CFG_TRY(cfg_positive(c, "num_hidden_layers", cfg->num_hidden_layers));
+    CFG_TRY(cfg_positive(c, "num_attention_heads", cfg->num_attention_heads));
+    CFG_TRY(cfg_positive(c, "q_lora_rank", cfg->q_lora_rank));
+    CFG_TRY(cfg_positive(c, "qk_rope_head_dim", rope));
+    CFG_TRY(cfg_positive(c, "head_dim", v->head_dim));
+    CFG_TRY(cfg_positive(c, "o_groups", v->o_groups));
+    CFG_TRY(cfg_positive(c, "o_lora_rank", v->o_lora_rank));
+    CFG_TRY(cfg_positive(c, "sliding_window", v->sliding_window));
+    CFG_TRY(cfg_positive(c, "index_n_heads", v->index_n_heads));
+    CFG_TRY(cfg_positive(c, "index_topk", v->index_topk));
+    CFG_TRY(cfg_positive(c, "hc_mult", v->hc_mult));
+    CFG_TRY(cfg_positive(c, "hc_sinkhorn_iters", v->hc_sinkhorn_iters));
+    CFG_TRY(cfg_positive(c, "n_routed_experts", cfg->n_routed_experts));
+    CFG_TRY(cfg_positive(c, "num_experts_per_tok", cfg->num_experts_per_tok));
+    CFG_TRY(cfg_positive(c, "moe_intermediate_size", cfg->moe_intermediate_size));
+    CFG_TRY(cfg_positive(c, "max_position_embeddings", cfg->max_position_embeddings));
+    if (rope % 2 != 0) {
+        return cfg_bad(c, "qk_rope_head_dim", "must be even (rotary pairs)");
+    }
+    if (v->head_dim <= rope || (v->head_dim - rope) % 64 != 0) {
+        return cfg_bad(c, "head_dim",
+                       "minus qk_rope_head_dim must be a positive multiple of 64 (FP8 KV blocks)");
+    }
+    if (!cfg_pow2(v->index_head_dim) || v->index_head_dim < 32 || v->index_head_dim < rope) {
+        return cfg_bad(c, "index_head_dim",
+                       "must be a power of two, at least 32 (FP4 blocks) and qk_rope_head_dim");
+    }
+    if (cfg->num_attention_heads % v->o_groups != 0) {
+        return cfg_bad(c, "o_groups", "must divide num_attention_heads");
+    }
+    if ((int64_t)cfg->num_attention_heads * v->head_dim > INT32_MAX ||
+        (int64_t)v->index_n_heads * v->index_head_dim > INT32_MAX ||
+        (int64_t)v->o_groups * v->o_lora_rank > INT32_MAX ||
+        (int64_t)v->hc_mult * cfg->hidden_size > INT32_MAX) {
+        return cfg_bad(c, "num_attention_heads", "or another dimension product exceeds 2^31");
+    }
+    if (v->hc_mult > 64) {
+        return cfg_bad(c, "hc_mult", "exceeds 64");
+    }
+    if (!(v->hc_eps > 0)) {
+        return cfg_bad(c, "hc_eps", "must be positive");
+    }
+    if (v->num_hash_layers < 0 || v->num_hash_layers > cfg->num_hidden_layers) {
+        return cfg_bad(c, "num_hash_layers", "must be in [0, num_hidden_layers]");
+    }
+    if (v->num_nextn_predict_layers < 0) {
+        return cfg_bad(c, "num_nextn_predict_layers", "must be non-negative");
+    }
+    if (cfg->num_experts_per_tok > cfg->n_routed_experts) {
+        return cfg_bad(c, "num_experts_per_tok", "exceeds n_routed_experts");
+    }
+    if (cfg->n_shared_experts < 0 || cfg->n_shared_experts > 1) {
+        return cfg_bad(c, "n_shared_experts", "must be 0 or 1");
+    }
+    if (!(cfg->routed_scaling_factor > 0)) {
+        return cfg_bad(c, "routed_scaling_factor", "must be positive");
+    }
+    if (!(v->swiglu_limit >= 0)) {
+        return cfg_bad(c, "swiglu_limit", "must be non-negative");
+    }
+    if (!(cfg->rms_norm_eps > 0)) {
+        return cfg_bad(c, "rms_norm_eps", "must be positive");
+    }
+    if (!(cfg->rope_theta > 0)) {
+        return cfg_bad(c, "rope_theta", "must be positive");
+    }
+    if (!(v->compress_rope_theta > 0)) {
+        return cfg_bad(c, "compress_rope_theta", "must be positive");
+    }
+    if (cfg->bos_token_id >= cfg->vocab_size || cfg->bos_token_id < -1) {
+        return cfg_bad(c, "bos_token_id", "is outside the vocabulary");
+    }
+    if (cfg->eos_token_id >= cfg->vocab_size || cfg->eos_token_id < -1) {
+        return cfg_bad(c, "eos_token_id", "is outside the vocabulary");
+    }
+    return MLS_OK;
+}
+
+/* A deepseek_v4 config: the shared fields, then the V4 part. */
+static mls_status cfg_parse_v4(const cfg_ctx *c, eng_config *cfg)
+{
+    eng_config_v4 *v = &cfg->v4;
+    int64_t v64 = 0;
+    bool present;
+    int32_t kv_heads = 1;
+
+    cfg->is_v4 = true;
+    CFG_TRY(cfg_i32(c, "vocab_size", true, 0, &cfg->vocab_size));
+    CFG_TRY(cfg_i32(c, "hidden_size", true, 0, &cfg->hidden_size));
+    CFG_TRY(cfg_i32(c, "num_hidden_layers", true, 0, &cfg->num_hidden_layers));
+    CFG_TRY(cfg_i32(c, "num_attention_heads", true, 0, &cfg->num_attention_heads));
+    CFG_TRY(cfg_i32(c, "num_key_value_heads", false, 1, &kv_heads));
+    CFG_TRY(cfg_i32(c, "q_lora_rank", true, 0, &cfg->q_lora_rank));
+    CFG_TRY(cfg_i32(c, "qk_rope_head_dim", true, 0, &cfg->qk_rope_head_dim));
+    CFG_TRY(cfg_i32(c, "head_dim", true, 0, &v->head_dim));
+    CFG_TRY(cfg_i32(c, "o_groups", true, 0, &v->o_groups));
+    CFG_TRY(cfg_i32(c, "o_lora_rank", true, 0, &v->o_lora_rank));
+    CFG_TRY(cfg_i32(c, "sliding_window", true, 0, &v->sliding_window));
+    CFG_TRY(cfg_i32(c, "index_n_heads", true, 0, &v->index_n_heads));
+    CFG_TRY(cfg_i32(c, "index_head_dim", true, 0, &v->index_head_dim));
+    CFG_TRY(cfg_i32(c, "index_topk", true, 0, &v->index_topk));
+    CFG_TRY(cfg_i32(c, "num_hash_layers", false, 0, &v->num_hash_layers));
+    CFG_TRY(cfg_i32(c, "num_nextn_predict_layers", false, 0, &v->num_nextn_predict_layers));
+    CFG_TRY(cfg_i32(c, "hc_mult", true, 0, &v->hc_mult));
+    CFG_TRY(cfg_i32(c, "hc_sinkhorn_iters", false, 20, &v->hc_sinkhorn_iters));
+    CFG_TRY(cfg_f32(c, "hc_eps", false, 1e-6f, &v->hc_eps));
+    CFG_TRY(cfg_f32(c, "swiglu_limit", false, 0.0f, &v->swiglu_limit));
+    CFG_TRY(cfg_i32(c, "n_routed_experts", true, 0, &cfg->n_routed_experts));
+    CFG_TRY(cfg_i32(c, "moe_intermediate_size", true, 0, &cfg->moe_intermediate_size));
+    CFG_TRY(cfg_i32(c, "num_experts_per_tok", true, 0, &cfg->num_experts_per_tok));
+    CFG_TRY(cfg_i32(c, "n_shared_experts", false, 0, &cfg->n_shared_experts));
+    cfg->n_group = 1;
+    cfg->topk_group = 1;
+    cfg->moe_layer_freq = 1;
+    CFG_TRY(cfg_v4_enums(c, cfg));
+    CFG_TRY(cfg_bool(c, "norm_topk_prob", true, &cfg->norm_topk_prob));
+    CFG_TRY(cfg_f32(c, "routed_scaling_factor", false, 1.0f, &cfg->routed_scaling_factor));
+    CFG_TRY(cfg_f32(c, "rms_norm_eps", false, 1e-6f, &cfg->rms_norm_eps));
+    CFG_TRY(cfg_f32(c, "rope_theta", false, 10000.0f, &cfg->rope_theta));
+    CFG_TRY(cfg_f32(c, "compress_rope_theta", false, cfg->rope_theta, &v->compress_rope_theta));
+    CFG_TRY(cfg_int_opt(c, "max_position_embeddings", &v64, &present));
+    if (!present) {
+        return cfg_missing(c, "max_position_embeddings");
+    }
+    cfg->max_position_embeddings = v64;
+    CFG_TRY(cfg_token_id(c, "bos_token_id", &cfg->bos_token_id));
+    CFG_TRY(cfg_token_id(c, "eos_token_id", &cfg->eos_token_id));
+    CFG_TRY(cfg_bool(c, "tie_word_embeddings", false, &cfg->tie_word_embeddings));
+    if (cfg->tie_word_embeddings) {
+        return cfg_bad(c, "tie_word_embeddings", "is true; DeepSeek-V4 has its own head.weight");
+    }
+    CFG_TRY(cfg_rope_scaling(c, cfg));
+    CFG_TRY(cfg_quantization(c, cfg));
+    CFG_TRY(cfg_v4_formats(c, cfg));
+    CFG_TRY(cfg_v4_validate(c, cfg));
+    CFG_TRY(cfg_v4_ratios(c, cfg));
+    if (kv_heads != 1) {
+        return cfg_bad(c, "num_key_value_heads", "must be 1 (one shared K=V vector per token)");
+    }
+    return MLS_OK;
+}
+
 static mls_status cfg_parse_obj(const cfg_ctx *c, eng_config *cfg)
 {
     const char *model_type;
@@ -402,8 +676,14 @@ static mls_status cfg_parse_obj(const cfg_ctx *c, eng_config *cfg)
     if (model_type == NULL) {
         return cfg_missing(c, "model_type");
     }
+    if (strcmp(model_type, "deepseek_v4") == 0) {
+        snprintf(cfg->model_type, sizeof(cfg->model_type), "%s", model_type);
+        return cfg_parse_v4(c, cfg);
+    }
     if (strcmp(model_type, "deepseek_v2") != 0 && strcmp(model_type, "deepseek_v3") != 0) {
-        mls_err_set(c->err, "%s: key \"model_type\" is \"%.32s\"; want deepseek_v2 or deepseek_v3",
+        mls_err_set(c->err,
+                    "%s: key \"model_type\" is \"%.32s\"; want deepseek_v2, deepseek_v3 or "
+                    "deepseek_v4",
                     c->source, model_type);
         return MLS_ERR_UNSUPPORTED;
     }

@@ -1,5 +1,10 @@
 /*
- * eng_config.h - a DeepSeek-V2/V3-family config.json, parsed and validated.
+ * eng_config.h - a DeepSeek-V2/V3/V4-family config.json, parsed and validated.
+ *
+ * One eng_config holds the keys the families share; a DeepSeek-V4 config
+ * (model_type deepseek_v4, README-v4 section 1) also fills the `v4` part and
+ * leaves the MLA-only fields (intermediate_size, kv_lora_rank,
+ * qk_nope_head_dim, v_head_dim, n_group, topk_group) at 0.
  */
 #ifndef ENG_CONFIG_H
 #define ENG_CONFIG_H
@@ -13,7 +18,31 @@
 typedef enum {
     ENG_SCORE_SOFTMAX,
     ENG_SCORE_SIGMOID,
+    ENG_SCORE_SQRTSOFTPLUS, /* DeepSeek-V4: sqrt(softplus(logit)) */
 } eng_score_func;
+
+#define ENG_V4_MAX_LAYERS 512 /* compress_ratios entries at most (V4-Flash: 44) */
+
+/* The DeepSeek-V4 part of a config (README-v4 section 1). */
+typedef struct {
+    int32_t head_dim;                 /* d: the shared K=V vector, nope (d - rope) + rope */
+    int32_t o_groups;                 /* G: grouped low-rank output */
+    int32_t o_lora_rank;              /* R: per group */
+    int32_t sliding_window;           /* W: window rows on every layer */
+    int32_t index_n_heads;            /* IH: lightning indexer heads (CSA layers) */
+    int32_t index_head_dim;           /* Id: indexer head dim (power of two, >= 32) */
+    int32_t index_topk;               /* compressed entries a CSA query attends to */
+    int32_t num_hash_layers;          /* layers [0, n) route by tid2eid */
+    int32_t num_nextn_predict_layers; /* MTP layers (not run; their ratios are listed) */
+    int32_t hc_mult;                  /* h: residual copies */
+    int32_t hc_sinkhorn_iters;
+    float hc_eps;
+    float swiglu_limit;               /* 0: no clamp */
+    float compress_rope_theta;        /* rotary base of compressed layers */
+    int32_t n_compress_ratios;        /* num_hidden_layers (+ MTP layers) */
+    int32_t compress_ratios[ENG_V4_MAX_LAYERS]; /* 0 window only, 4 CSA, else HCA */
+    bool expert_fp4;                  /* expert_dtype "fp4": routed experts I8 + UE8M0 per 32 */
+} eng_config_v4;
 
 typedef enum {
     ENG_TOPK_GREEDY,
@@ -22,7 +51,7 @@ typedef enum {
 } eng_topk_method;
 
 typedef struct {
-    char model_type[32];          /* "deepseek_v2" | "deepseek_v3" */
+    char model_type[32];          /* "deepseek_v2" | "deepseek_v3" | "deepseek_v4" */
     int32_t vocab_size;
     int32_t hidden_size;
     int32_t intermediate_size;        /* dense MLP */
@@ -62,6 +91,11 @@ typedef struct {
 
     bool fp8;                         /* quantization_config quant_method fp8 */
     int32_t fp8_block[2];             /* weight_block_size, [128, 128] */
+
+    /* Everything above is all a V2/V3 config holds (the model fingerprint
+     * hashes only it, ENG_CONFIG_V23_BYTES, so V2/V3 fingerprints stay). */
+    bool is_v4;                       /* model_type deepseek_v4 */
+    eng_config_v4 v4;                 /* is_v4 only; else zero */
 } eng_config;
 
 /* Parse and validate config.json text. Unknown keys are ignored; missing
@@ -71,6 +105,18 @@ mls_status eng_config_parse(const char *json, size_t len, const char *source, en
                             mls_err *err);
 /* Read and parse <path>. */
 mls_status eng_config_load(const char *path, eng_config *cfg_p, mls_err *err);
+
+/* Bytes of eng_config a V2/V3 model's fingerprint covers: the struct as it
+ * was before the V4 part (the V4 fields are zero for V2/V3). */
+#define ENG_CONFIG_V23_BYTES                                                                       \
+    ((offsetof(eng_config, is_v4) + _Alignof(eng_config) - 1) / _Alignof(eng_config) *             \
+     _Alignof(eng_config))
+
+/* Compress ratio of V4 layer `layer` (0: window only, 4: CSA, other: HCA). */
+static inline int32_t eng_config_v4_ratio(const eng_config *cfg, int layer)
+{
+    return cfg->v4.compress_ratios[layer];
+}
 
 /* Is layer `layer` an MoE layer (first_k_dense_replace, moe_layer_freq)? */
 bool eng_config_layer_is_moe(const eng_config *cfg, int layer);

@@ -1,5 +1,6 @@
 /*
  * eng_model.c - bind a DeepSeek-V2/V3 checkpoint's tensors to the model.
+ * (A DeepSeek-V4 checkpoint is checked by eng_v4_model.c, then refused.)
  *
  * Every tensor the config implies is looked up with its expected dtype and
  * shape before anything runs, so a wrong checkpoint fails at load with the
@@ -14,6 +15,7 @@
 #include <xxhash.h>
 
 #include "eng_internal.h"
+#include "eng_v4.h"
 #include "mls_alloc.h"
 #include "mls_log.h"
 #include "mls_num.h"
@@ -261,7 +263,8 @@ static uint64_t eng_model_fingerprint_compute(const eng_model *model)
     uint64_t fp;
 
     XXH3_64bits_reset(h);
-    XXH3_64bits_update(h, &model->cfg, sizeof(model->cfg));
+    XXH3_64bits_update(h, &model->cfg,
+                       model->cfg.is_v4 ? sizeof(model->cfg) : ENG_CONFIG_V23_BYTES);
     for (size_t i = 0; i < st_count(model->archive); i++) {
         const st_tensor *t = st_at(model->archive, i);
         uint64_t edge = t->nbytes < 64 ? t->nbytes : 64;
@@ -274,6 +277,27 @@ static uint64_t eng_model_fingerprint_compute(const eng_model *model)
     fp = XXH3_64bits_digest(h);
     XXH3_freeState(h);
     return fp;
+}
+
+/*
+ * A DeepSeek-V4 checkpoint: every tensor is checked (eng_v4_model_load, so a
+ * malformed one gets its precise error), then it is refused, because the V4
+ * forward pass does not exist yet (issue 13).
+ */
+static mls_status eng_model_refuse_v4(const char *dir, mls_err *err)
+{
+    eng_v4_model *v4 = NULL;
+    mls_status st = eng_v4_model_load(dir, &v4, err);
+
+    if (st != MLS_OK) {
+        return st;
+    }
+    eng_v4_model_destroy(v4);
+    mls_err_set(err,
+                "%s: a well-formed DeepSeek-V4 checkpoint, but the DeepSeek-V4 forward pass is not "
+                "implemented yet",
+                dir);
+    return MLS_ERR_UNSUPPORTED;
 }
 
 mls_status eng_model_load(const char *dir, const eng_load_opts *opts, eng_model **model_p,
@@ -297,6 +321,10 @@ mls_status eng_model_load(const char *dir, const eng_load_opts *opts, eng_model 
         goto err_free_model;
     }
     c = &model->cfg;
+    if (c->is_v4) {
+        st = eng_model_refuse_v4(dir, err);
+        goto err_free_model;
+    }
     if (c->n_group > ENG_ROUTE_MAX_GROUPS) {
         mls_err_set(err, "%s: n_group %d exceeds the %d expert groups supported", path, c->n_group,
                     ENG_ROUTE_MAX_GROUPS);
