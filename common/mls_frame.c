@@ -11,6 +11,7 @@
 
 /* A finished frame's buffer larger than this is given back instead of kept. */
 #define MLS_FRAME_KEEP_BUFFER_BYTES (256u * 1024u)
+#define MLS_FRAME_MIN_BUFFER_BYTES  4096u
 #define MLS_FRAME_ARENA_ALIGN       16u
 #define MLS_FRAME_ARENA_MIN_BLOCK   4096u
 
@@ -82,17 +83,27 @@ static void mls_frame_decoder_reset_frame(mls_frame_decoder *dec)
     }
 }
 
-/* Make room for the whole payload of the current frame (want <= max_frame_bytes). */
-static mls_status mls_frame_decoder_reserve(mls_frame_decoder *dec, mls_err *err)
+/*
+ * Make room for k more payload bytes of the current frame (got + k <= want).
+ * The buffer grows with the bytes that actually arrived (doubling, at least
+ * MLS_FRAME_MIN_BUFFER_BYTES, never past want): a header that announces a
+ * large frame costs nothing until its bytes come.
+ */
+static mls_status mls_frame_decoder_reserve(mls_frame_decoder *dec, size_t k, mls_err *err)
 {
+    size_t need = (size_t)dec->got + k, ncap;
     uint8_t *nbuf;
 
-    if (dec->cap >= dec->want) {
+    if (dec->cap >= need) {
         return MLS_OK;
     }
-    nbuf = mls_alloc(MLS_ALLOC_TAG_NET, dec->want);
+    ncap = dec->cap * 2 > MLS_FRAME_MIN_BUFFER_BYTES ? dec->cap * 2 : MLS_FRAME_MIN_BUFFER_BYTES;
+    ncap = ncap < need ? need : ncap;
+    ncap = ncap > dec->want ? dec->want : ncap;
+    nbuf = mls_alloc(MLS_ALLOC_TAG_NET, ncap);
     if (nbuf == NULL) {
-        mls_err_set(err, "frame decoder: out of memory for a %u-byte frame", dec->want);
+        mls_err_set(err, "frame decoder: out of memory for %zu bytes of a %u-byte frame", ncap,
+                    dec->want);
         return MLS_ERR_NO_MEMORY;
     }
     if (dec->got > 0) {
@@ -100,8 +111,14 @@ static mls_status mls_frame_decoder_reserve(mls_frame_decoder *dec, mls_err *err
     }
     mls_free(MLS_ALLOC_TAG_NET, dec->buf, dec->cap);
     dec->buf = nbuf;
-    dec->cap = dec->want;
+    dec->cap = ncap;
     return MLS_OK;
+}
+
+void mls_frame_decoder_set_max(mls_frame_decoder *dec, uint32_t max_frame_bytes)
+{
+    assert(max_frame_bytes > 0 && max_frame_bytes <= MLS_FRAME_MAX_LIMIT);
+    dec->max_frame_bytes = max_frame_bytes;
 }
 
 mls_status mls_frame_decoder_next(mls_frame_decoder *dec, const uint8_t **data, size_t *len,
@@ -159,18 +176,19 @@ mls_status mls_frame_decoder_next(mls_frame_decoder *dec, const uint8_t **data, 
                 st = MLS_ERR_TOO_LARGE;
                 goto out;
             }
-            st = mls_frame_decoder_reserve(dec, err);
-            if (st != MLS_OK) {
-                /* Cannot hold it: skip it like an oversized frame. */
-                dec->skip_left = dec->want;
-                dec->want = 0;
-                goto out;
-            }
         }
         if (dec->got < dec->want) {
             size_t k = dec->want - dec->got;
             if (k > n) {
                 k = n;
+            }
+            st = mls_frame_decoder_reserve(dec, k, err);
+            if (st != MLS_OK) {
+                /* Cannot hold it: skip the rest like an oversized frame. */
+                dec->skip_left = dec->want - dec->got;
+                dec->want = 0;
+                dec->got = 0;
+                goto out;
             }
             memcpy(dec->buf + dec->got, p, k);
             dec->got += (uint32_t)k;

@@ -10,6 +10,8 @@
  * over (a libuv read callback may deliver half a header or ten frames at once)
  * and pull out complete frames. A header announcing more than max_frame_bytes
  * is rejected with MLS_ERR_TOO_LARGE before a single payload byte is buffered;
+ * below the limit the buffer grows with the payload bytes that actually
+ * arrive, never to the announced length up front;
  * the decoder then discards that frame's payload as it streams past, so the
  * caller may answer with an Error message and keep the connection, or close it.
  *
@@ -42,6 +44,9 @@ typedef struct mls_frame_decoder mls_frame_decoder;
 mls_status mls_frame_decoder_create(uint32_t max_frame_bytes, mls_frame_decoder **dec_p,
                                     mls_err *err);
 void mls_frame_decoder_destroy(mls_frame_decoder *dec);
+/* Change the limit for headers read from now on (1..MLS_FRAME_MAX_LIMIT):
+ * e.g. a small one until the peer has authenticated, the normal one after. */
+void mls_frame_decoder_set_max(mls_frame_decoder *dec, uint32_t max_frame_bytes);
 
 /*
  * Consume bytes from (*data, *len) until one frame is complete or the input is

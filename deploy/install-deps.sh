@@ -10,6 +10,7 @@ pkgs=(
   libuv1-dev                                     # event loops: router, nodes, transport
   libucx-dev ucx-utils                           # KV transport (ucp) and ucx_perftest
   libprotobuf-c-dev protobuf-c-compiler          # control-plane messages
+  libsodium-dev                                  # cluster key: node authentication, sealed frames
   libxxhash-dev                                  # per-layer KV checksums
   node-llhttp                                    # HTTP/1.1 parser sources (router)
   libpcre2-dev                                   # tokenizer pre-tokenizer regexes (Unicode)

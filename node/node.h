@@ -38,6 +38,7 @@
 #include <stdint.h>
 
 #include "engine.h"
+#include "mls_auth.h"
 #include "mls_kv_layout.h"
 #include "mls_status.h"
 
@@ -63,6 +64,8 @@ typedef struct {
     int32_t prefill_chunk; /* tokens per prefill chunk */
     const char *kvx_path;  /* "auto" | "rma" | "am" */
     eng_device device;     /* where the model runs and the KV pool lives */
+    bool has_cluster_key;  /* cluster_key was read (--cluster-key-file) */
+    mls_auth_key cluster_key; /* proven to the router on every connection */
 } mls_node_config;
 
 typedef struct node_role_ops node_role_ops; /* node_role.h */

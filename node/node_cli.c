@@ -32,7 +32,10 @@ static void node_usage(FILE *out, mls_node_role role)
             "  --max-batch N        sequences decoded together at most (default 64)\n"
             "  --threads N          compute threads (default: all cores)\n"
             "  --prefill-chunk N    prefill chunk in tokens (default 256)\n"
-            "  --kvx-path P         KV transfer path: auto | rma | am (default auto)\n",
+            "  --kvx-path P         KV transfer path: auto | rma | am (default auto)\n"
+            "  --cluster-key-file F the router's cluster key (also MLASERVE_CLUSTER_KEY_FILE;\n"
+            "                       mode 0600). Without one the node connects unauthenticated,\n"
+            "                       which only a router run with --insecure-no-cluster-key takes\n",
             name, name, name);
 }
 
@@ -83,8 +86,10 @@ int mls_node_parse_args(int argc, char **argv, mls_node_role default_role, mls_n
                                          {"prefill-chunk", required_argument, NULL, 'c'},
                                          {"kvx-path", required_argument, NULL, 'x'},
                                          {"device", required_argument, NULL, 'd'},
+                                         {"cluster-key-file", required_argument, NULL, 'K'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
+    const char *key_file = getenv("MLASERVE_CLUSTER_KEY_FILE");
     mls_err err = {{0}};
     int c, rc = -1;
 
@@ -141,6 +146,9 @@ int mls_node_parse_args(int argc, char **argv, mls_node_role default_role, mls_n
                 rc = 2;
             }
             break;
+        case 'K':
+            key_file = optarg;
+            break;
         case 'h':
             node_usage(stdout, default_role);
             return 0;
@@ -161,6 +169,13 @@ int mls_node_parse_args(int argc, char **argv, mls_node_role default_role, mls_n
         cfg->router_port <= 0) {
         fprintf(stderr, "--kv-pages, --max-batch (1..1024) and --router need sensible values\n");
         return 2;
+    }
+    if (key_file != NULL && key_file[0] != '\0') {
+        if (mls_auth_key_load(key_file, &cfg->cluster_key, &err) != MLS_OK) {
+            fprintf(stderr, "%s\n", err.msg);
+            return 2;
+        }
+        cfg->has_cluster_key = true;
     }
     if (eng_device_check(cfg->device, 0, &err) != MLS_OK) { /* before a model is loaded */
         fprintf(stderr, "--device %s: %s\n", eng_device_name(cfg->device), err.msg);

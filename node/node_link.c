@@ -13,6 +13,7 @@
 #include "node_role.h"
 
 #define NODE_RECONNECT_MS 500
+#define NODE_REFUSED_RECONNECT_MS 5000 /* after the router refused the cluster key */
 
 static void node_dial(mls_node *n);
 
@@ -112,6 +113,11 @@ static void node_on_msg(mls_conn *conn, Mlaserve__Envelope *env, void *user)
         return;
     }
     case MLASERVE__ENVELOPE__MSG_ERROR:
+        if (!n->registered && env->error->request_id == 0) {
+            mls_error("node %s: the router refused the connection: %s", n->node_id,
+                      env->error->message);
+            return;
+        }
         mls_warn("node: router reports for request %llu: %s %s",
                  (unsigned long long)env->error->request_id, env->error->status_name,
                  env->error->message);
@@ -154,7 +160,8 @@ static void node_on_router_close(mls_conn *conn, mls_status st, void *user)
     mls_warn("node %s: lost the router connection (%s); reconnecting", n->node_id,
              mls_status_name(st));
     node_cancel_all(n);
-    uv_timer_start(&n->reconnect_timer, node_on_reconnect, NODE_RECONNECT_MS, 0);
+    uv_timer_start(&n->reconnect_timer, node_on_reconnect,
+                   st == MLS_ERR_PEER_MISMATCH ? NODE_REFUSED_RECONNECT_MS : NODE_RECONNECT_MS, 0);
 }
 
 static Mlaserve__Role node_role_to_wire(mls_node_role role)
@@ -181,8 +188,16 @@ static void node_on_router_connect(mls_conn *conn, mls_status st, void *user)
 
     if (st != MLS_OK) {
         n->router = NULL;
+        if (st == MLS_ERR_PEER_MISMATCH) {
+            mls_error("node %s: cluster key refused by the router at %s:%d; retrying in %d ms",
+                      n->node_id, n->cfg.router_host, n->cfg.router_port,
+                      NODE_REFUSED_RECONNECT_MS);
+        }
         if (!n->stopping) {
-            uv_timer_start(&n->reconnect_timer, node_on_reconnect, NODE_RECONNECT_MS, 0);
+            uv_timer_start(&n->reconnect_timer, node_on_reconnect,
+                           st == MLS_ERR_PEER_MISMATCH ? NODE_REFUSED_RECONNECT_MS
+                                                       : NODE_RECONNECT_MS,
+                           0);
         }
         return;
     }
@@ -221,11 +236,14 @@ static void node_dial(mls_node *n)
         .on_close = node_on_router_close,
         .on_connect = node_on_router_connect,
     };
+    mls_conn_opts opts;
 
     if (n->stopping || n->router != NULL) {
         return;
     }
-    if (mls_conn_dial(&n->loop, n->cfg.router_host, n->cfg.router_port, NULL, &cb, n, &n->router) !=
+    mls_conn_opts_default(&opts);
+    opts.key = n->cfg.has_cluster_key ? &n->cfg.cluster_key : NULL;
+    if (mls_conn_dial(&n->loop, n->cfg.router_host, n->cfg.router_port, &opts, &cb, n, &n->router) !=
         MLS_OK) {
         n->router = NULL;
         uv_timer_start(&n->reconnect_timer, node_on_reconnect, NODE_RECONNECT_MS, 0);
@@ -234,6 +252,11 @@ static void node_dial(mls_node *n)
 
 void node_link_start(mls_node *n)
 {
+    if (!n->cfg.has_cluster_key) {
+        mls_warn("node %s: no cluster key (--cluster-key-file): connecting unauthenticated; only "
+                 "a router run with --insecure-no-cluster-key accepts that",
+                 n->node_id);
+    }
     uv_timer_init(&n->loop, &n->reconnect_timer);
     n->reconnect_timer.data = n;
     uv_timer_init(&n->loop, &n->heartbeat_timer);

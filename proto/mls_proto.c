@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "mls_alloc.h"
+#include "mls_auth.h"
 #include "mls_frame.h"
 
 _Static_assert(MLS_PROTO_VERSION == MLASERVE__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT,
@@ -22,6 +23,9 @@ struct mls_proto_reader {
     mls_frame_arena *arena;
     ProtobufCAllocator pb_alloc;    /* draws from arena */
     Mlaserve__Envelope *env;        /* last returned, lives in arena */
+    mls_auth_session *session;      /* non-NULL: every frame is sealed */
+    uint8_t *plain;                 /* opened payload (plain_cap bytes, mls_alloc NET) */
+    size_t plain_cap;
     uint64_t frames_ok;
     uint64_t frames_bad;
 };
@@ -51,6 +55,8 @@ const char *mls_proto_msg_name(Mlaserve__Envelope__MsgCase which)
     case MLASERVE__ENVELOPE__MSG_DRAIN:           return "drain";
     case MLASERVE__ENVELOPE__MSG_HEARTBEAT:       return "heartbeat";
     case MLASERVE__ENVELOPE__MSG_START_DECODE:    return "start_decode";
+    case MLASERVE__ENVELOPE__MSG_AUTH_HELLO:      return "auth_hello";
+    case MLASERVE__ENVELOPE__MSG_AUTH_PROOF:      return "auth_proof";
     case MLASERVE__ENVELOPE__MSG__NOT_SET:        return "none";
     default:                                      return "unknown";
     }
@@ -124,6 +130,36 @@ mls_status mls_proto_frame_pack(const Mlaserve__Envelope *env, uint32_t max_fram
     }
     *frame_p = buf;
     *frame_len_p = len;
+    return MLS_OK;
+}
+
+mls_status mls_proto_frame_pack_sealed(const Mlaserve__Envelope *env, uint32_t max_frame_bytes,
+                                       mls_auth_session *session, uint8_t **frame_p,
+                                       size_t *frame_len_p, mls_err *err)
+{
+    size_t payload = mlaserve__envelope__get_packed_size(env);
+    size_t sealed = payload + MLS_AUTH_TAG_BYTES;
+    uint8_t *buf;
+    mls_status st = mls_proto_frame_check(env, max_frame_bytes, sealed, err);
+
+    if (st != MLS_OK) {
+        return st;
+    }
+    buf = malloc(MLS_FRAME_HEADER_BYTES + sealed);
+    if (buf == NULL) {
+        mls_err_set(err, "proto: out of memory for a %zu-byte frame", sealed);
+        return MLS_ERR_NO_MEMORY;
+    }
+    if (mlaserve__envelope__pack(env, buf + MLS_FRAME_HEADER_BYTES) != payload) {
+        mls_err_set(err, "proto: packed size of %s changed while packing",
+                    mls_proto_msg_name(env->msg_case));
+        free(buf);
+        return MLS_ERR_INTERNAL;
+    }
+    mls_frame_header_write((uint32_t)sealed, buf);
+    mls_auth_seal(session, buf + MLS_FRAME_HEADER_BYTES, payload);
+    *frame_p = buf;
+    *frame_len_p = MLS_FRAME_HEADER_BYTES + sealed;
     return MLS_OK;
 }
 
@@ -206,9 +242,47 @@ void mls_proto_reader_destroy(mls_proto_reader *r)
     if (r == NULL) {
         return;
     }
+    mls_free(MLS_ALLOC_TAG_NET, r->plain, r->plain_cap);
     mls_frame_arena_destroy(r->arena);
     mls_frame_decoder_destroy(r->dec);
     mls_free(MLS_ALLOC_TAG_NET, r, sizeof(*r));
+}
+
+/* Open a sealed frame into r->plain; *frame_p and *len_p then name the plaintext. */
+static mls_status mls_proto_reader_open(mls_proto_reader *r, const uint8_t **frame_p,
+                                        size_t *len_p, mls_err *err)
+{
+    size_t need = *len_p > MLS_AUTH_TAG_BYTES ? *len_p - MLS_AUTH_TAG_BYTES : 1;
+    mls_status st;
+
+    if (r->plain_cap < need) {
+        size_t ncap = r->plain_cap * 2 > need ? r->plain_cap * 2 : need;
+        uint8_t *nb = mls_alloc(MLS_ALLOC_TAG_NET, ncap);
+        if (nb == NULL) {
+            mls_err_set(err, "proto: out of memory opening a %zu-byte frame", *len_p);
+            return MLS_ERR_NO_MEMORY;
+        }
+        mls_free(MLS_ALLOC_TAG_NET, r->plain, r->plain_cap);
+        r->plain = nb;
+        r->plain_cap = ncap;
+    }
+    st = mls_auth_open(r->session, *frame_p, *len_p, r->plain, err);
+    if (st != MLS_OK) {
+        return st;
+    }
+    *frame_p = r->plain;
+    *len_p -= MLS_AUTH_TAG_BYTES;
+    return MLS_OK;
+}
+
+void mls_proto_reader_set_max_frame(mls_proto_reader *r, uint32_t max_frame_bytes)
+{
+    mls_frame_decoder_set_max(r->dec, max_frame_bytes);
+}
+
+void mls_proto_reader_set_session(mls_proto_reader *r, mls_auth_session *session)
+{
+    r->session = session;
 }
 
 mls_status mls_proto_reader_next(mls_proto_reader *r, const uint8_t **data, size_t *len,
@@ -227,6 +301,13 @@ mls_status mls_proto_reader_next(mls_proto_reader *r, const uint8_t **data, size
     }
     if (frame == NULL) {
         return MLS_OK;
+    }
+    if (r->session != NULL) {
+        st = mls_proto_reader_open(r, &frame, &frame_len, err);
+        if (st != MLS_OK) {
+            r->frames_bad++;
+            return st;
+        }
     }
     st = mls_proto_unpack(r->arena, &r->pb_alloc, frame, frame_len, &r->env, err);
     if (st != MLS_OK) {

@@ -29,11 +29,12 @@
 #include <stdint.h>
 
 #include "mlaserve.pb-c.h"
+#include "mls_auth.h"
 #include "mls_kv_layout.h"
 #include "mls_status.h"
 
 /* The protocol version this build speaks (PROTOCOL_VERSION_CURRENT). */
-#define MLS_PROTO_VERSION 2u
+#define MLS_PROTO_VERSION 3u
 
 /* Defaults for the limits; a node or router config may override them. */
 #define MLS_PROTO_DEFAULT_MAX_FRAME_BYTES    (16u << 20)
@@ -70,6 +71,13 @@ mls_status mls_proto_frame_pack_into(const Mlaserve__Envelope *env, uint32_t max
                                      uint8_t *buf, size_t cap, size_t *frame_len_p,
                                      mls_err *err);
 
+/* Pack env into a new frame sealed with session (mls_auth.h): the payload is
+ * the envelope encrypted + MLS_AUTH_TAG_BYTES; takes the next send sequence
+ * number. Errors and ownership as mls_proto_frame_pack. */
+mls_status mls_proto_frame_pack_sealed(const Mlaserve__Envelope *env, uint32_t max_frame_bytes,
+                                       mls_auth_session *session, uint8_t **frame_p,
+                                       size_t *frame_len_p, mls_err *err);
+
 typedef struct mls_proto_reader mls_proto_reader;
 
 /* lim NULL = defaults. */
@@ -85,11 +93,20 @@ void mls_proto_reader_destroy(mls_proto_reader *reader);
  *  MLS_ERR_TOO_LARGE        frame over max_frame_bytes, or it unpacks into more
  *                           than max_unpacked_bytes.
  *  MLS_ERR_PARSE            the frame is not a valid Envelope.
+ *  MLS_ERR_CHECKSUM         a sealed frame did not open (set_session): close.
  * On an error the offending frame is dropped and the stream stays in sync;
  * call again to continue with the following bytes.
  */
 mls_status mls_proto_reader_next(mls_proto_reader *reader, const uint8_t **data, size_t *len,
                                  Mlaserve__Envelope **env_p, mls_err *err);
+
+/* Change the frame limit for headers read from now on (a small one until the
+ * peer has authenticated, the normal one after). */
+void mls_proto_reader_set_max_frame(mls_proto_reader *reader, uint32_t max_frame_bytes);
+/* From the next frame on, every frame must open with session (borrowed; NULL
+ * = plain frames): one that does not is MLS_ERR_CHECKSUM, and the caller must
+ * close the connection (the session's sequence is lost). */
+void mls_proto_reader_set_session(mls_proto_reader *reader, mls_auth_session *session);
 
 /* Frames accepted and refused so far (for metrics). */
 uint64_t mls_proto_reader_frames_ok(const mls_proto_reader *reader);

@@ -8,6 +8,12 @@
  *             least-loaded, then the shortest queue.
  * What nodes say about requests goes up to the request layer through the
  * rt_node_events it registered; this file knows nothing of requests.
+ *
+ * Before trust: a connection must prove the cluster key (mls_conn does the
+ * handshake, with 4 KiB frames until it is done) and register within
+ * RT_REGISTER_DEADLINE_MS, else it is closed; at most max_node_conns node
+ * connections are open at once (more are closed as they come); a node id
+ * that is registered and alive cannot register a second time.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +58,7 @@ static void rt_node_kill(rt_router *rt, rt_node *node, const char *why)
     if (node->conn != NULL) {
         mls_conn *c = node->conn;
         node->conn = NULL;
+        rt->n_node_conns--;
         mls_conn_set_user(c, NULL);
         mls_conn_close(c);
     }
@@ -88,10 +95,20 @@ static void rt_on_register(rt_router *rt, rt_node *node, const Mlaserve__Registe
     uint32_t n_layers = 0;
     mls_err err = {{0}};
 
-    snprintf(node->node_id, sizeof(node->node_id), "%s", m->node_id ? m->node_id : "");
     if (node->registered) {
         rt_node_refuse(rt, node, MLS_ERR_INVALID_ARG, "already registered on this connection");
         return;
+    }
+    snprintf(node->node_id, sizeof(node->node_id), "%s", m->node_id ? m->node_id : "");
+    for (rt_node *o = rt->nodes; o != NULL; o = o->next) {
+        if (o != node && o->registered && o->conn != NULL &&
+            strcmp(o->node_id, node->node_id) == 0) {
+            snprintf(err.msg, sizeof(err.msg),
+                     "node id '%s' is already registered (from %s): node ids must be unique",
+                     node->node_id, mls_conn_peer(o->conn));
+            rt_node_refuse(rt, node, MLS_ERR_INVALID_ARG, err.msg);
+            return;
+        }
     }
     if (m->protocol_version != MLS_PROTO_VERSION) {
         snprintf(err.msg, sizeof(err.msg), "protocol version %u, the router speaks %u",
@@ -221,6 +238,7 @@ static void rt_node_on_close(mls_conn *conn, mls_status st, void *user)
         return;
     }
     node->conn = NULL;
+    node->rt->n_node_conns--;
     rt_node_kill(node->rt, node, st == MLS_OK ? "connection closed" : "connection lost");
 }
 
@@ -231,9 +249,26 @@ static void rt_on_node_connection(uv_stream_t *server, int status)
         .on_close = rt_node_on_close,
     };
     rt_router *rt = server->data;
+    mls_conn_opts opts;
     rt_node *node;
 
     if (status < 0) {
+        return;
+    }
+    mls_conn_opts_default(&opts);
+    opts.key = rt->cluster_key;
+    if (rt->n_node_conns >= rt->max_node_conns) {
+        mls_conn *c = NULL;
+        uint64_t now = mls_now_ns();
+        if (mls_conn_accept(server, &opts, &cb, NULL, &c) == MLS_OK) {
+            if (now - rt->conn_cap_logged_ns > 1000000000ull) { /* one line a second at most */
+                rt->conn_cap_logged_ns = now;
+                mls_warn("router: closing a node connection from %s: %u node connections are "
+                         "open (--max-node-conns)",
+                         mls_conn_peer(c), rt->n_node_conns);
+            }
+            mls_conn_close(c);
+        }
         return;
     }
     node = calloc(1, sizeof(*node));
@@ -243,11 +278,13 @@ static void rt_on_node_connection(uv_stream_t *server, int status)
     }
     node->rt = rt;
     node->index = ++rt->next_node_index;
-    if (mls_conn_accept(server, NULL, &cb, node, &node->conn) != MLS_OK) {
+    node->accepted_ns = mls_now_ns();
+    if (mls_conn_accept(server, &opts, &cb, node, &node->conn) != MLS_OK) {
         free(node->affinity);
         free(node);
         return;
     }
+    rt->n_node_conns++;
     node->next = rt->nodes;
     rt->nodes = node;
 }
@@ -278,6 +315,14 @@ void rt_nodes_tick(rt_router *rt)
         next = node->next;
         if (node->registered && now - node->last_seen_ns > (uint64_t)RT_DEAD_AFTER_MS * 1000000ull) {
             rt_node_kill(rt, node, "missed three load reports");
+        }
+        if (!node->registered && node->conn != NULL &&
+            now - node->accepted_ns > (uint64_t)RT_REGISTER_DEADLINE_MS * 1000000ull) {
+            mls_warn("router: closing the node connection from %s: no %s within %d ms",
+                     mls_conn_peer(node->conn),
+                     mls_conn_authenticated(node->conn) ? "registration" : "authentication",
+                     RT_REGISTER_DEADLINE_MS);
+            rt_node_kill(rt, node, "registration deadline");
         }
         if (node->conn == NULL && node->assigned == 0) {
             rt_node_free(rt, node);

@@ -12,6 +12,7 @@
 #define RT_HEARTBEAT_MS     1000
 #define RT_DEAD_AFTER_MS    3000
 #define RT_AFFINITY_BLOCKS  4096   /* prefix block hashes remembered per prefill node */
+#define RT_REGISTER_DEADLINE_MS 5000 /* a connection must authenticate and register in this */
 
 struct rt_node {
     struct rt_router *rt;
@@ -33,6 +34,7 @@ struct rt_node {
     char host[64];
     uint32_t metrics_port;
     uint64_t last_seen_ns;
+    uint64_t accepted_ns;          /* when the connection came in */
     bool registered;
     bool draining;
     uint64_t *affinity;            /* (RT_AFFINITY_BLOCKS) ring of prefix block hashes */

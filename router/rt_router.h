@@ -46,12 +46,16 @@ typedef struct rt_router {
     size_t n_api_keys;
     uint32_t max_outstanding;      /* admitted requests at most (429 beyond) */
     uint32_t request_timeout_ms;
+    uint32_t capacity_wait_ms;     /* a queued request with no path fails after this */
     uint32_t lease_ms;
     uint32_t default_max_tokens;
     bool colocated_only;           /* schedule on colocated nodes only */
+    const mls_auth_key *cluster_key; /* nodes must prove it; NULL = --insecure-no-cluster-key */
+    uint32_t max_node_conns;       /* node connections at most (registered or not) */
     /* parts */
     tok_tokenizer *tok;
     mls_http_server *http;
+    mls_http_server *metrics_http; /* --metrics-listen; NULL = /metrics on the API port */
     uv_tcp_t node_listener;
     uv_timer_t tick;
     uv_signal_t sigint, sigterm;
@@ -61,6 +65,8 @@ typedef struct rt_router {
     /* state */
     rt_node *nodes;                /* rt_nodes.c */
     uint64_t next_node_index;
+    uint32_t n_node_conns;         /* open node connections */
+    uint64_t conn_cap_logged_ns;   /* last "too many node connections" line */
     const rt_node_events *node_events; /* registered by the request layer */
     rt_request *requests;          /* rt_requests.c */
     uint32_t n_outstanding;

@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "mls_auth.h"
 #include "mls_cli.h"
 
 #define CL_MAX_CHILDREN 34
@@ -46,6 +47,9 @@ typedef struct {
     int kv_pages;
     int max_batch;
     bool colocated;
+    const char *key_file;     /* --cluster-key-file, else key_buf */
+    char key_dir[64];         /* private directory of a key made here ("" = none) */
+    char key_buf[96];
     char bin_dir[PATH_MAX];
     cl_child kids[CL_MAX_CHILDREN];
     int n_kids;
@@ -77,7 +81,9 @@ static void cl_usage(FILE *out)
             "  --kv-pages N       KV pages per node (default 512)\n"
             "  --max-batch N      decode batch per node (default 64)\n"
             "  --threads N        compute threads per node (default: cores / nodes)\n"
-            "  --state-file FILE  write the router port and the nodes' pids here\n");
+            "  --state-file FILE  write the router port and the nodes' pids here\n"
+            "  --cluster-key-file FILE  the cluster key every daemon proves (mode 0600);\n"
+            "                     default: a fresh one in a private directory, removed at exit\n");
 }
 
 static int cl_spawn(cl_cluster *c, const char *role, const char *name, char *const argv[])
@@ -214,6 +220,7 @@ static int cl_parse(int argc, char **argv, cl_cluster *c)
         {"kv-dtype", required_argument, NULL, 'k'}, {"kv-pages", required_argument, NULL, 'K'},
         {"max-batch", required_argument, NULL, 'b'}, {"threads", required_argument, NULL, 'j'},
         {"state-file", required_argument, NULL, 's'}, {"help", no_argument, NULL, 'h'},
+        {"cluster-key-file", required_argument, NULL, 'Y'},
         {NULL, 0, NULL, 0}};
     int o;
 
@@ -231,6 +238,7 @@ static int cl_parse(int argc, char **argv, cl_cluster *c)
         case 'b': c->max_batch = atoi(optarg); break;
         case 'j': c->threads = atoi(optarg); break;
         case 's': c->state_file = optarg; break;
+        case 'Y': c->key_file = optarg; break;
         case 'h': cl_usage(stdout); return 0;
         default: cl_usage(stderr); return 2;
         }
@@ -261,8 +269,43 @@ static void cl_write_state(const cl_cluster *c, int http_port, int node_port)
         fprintf(f, "%s{\"role\":\"%s\",\"name\":\"%s\",\"pid\":%d}", i ? "," : "", c->kids[i].role,
                 c->kids[i].name, (int)c->kids[i].pid);
     }
-    fprintf(f, "]}\n");
+    fprintf(f, "],\"cluster_key_file\":\"%s\"}\n", c->key_file);
     fclose(f);
+}
+
+/* The cluster key: --cluster-key-file, or a fresh one (mode 0600) in a new
+ * private directory that cl_key_remove deletes again. */
+static int cl_key_setup(cl_cluster *c)
+{
+    mls_err err = {{0}};
+
+    if (c->key_file != NULL) {
+        return 0;
+    }
+    snprintf(c->key_dir, sizeof(c->key_dir), "/tmp/mlaserve-cluster-XXXXXX");
+    if (mkdtemp(c->key_dir) == NULL) {
+        fprintf(stderr, "cluster: cannot make a directory for the cluster key: %s\n", strerror(errno));
+        c->key_dir[0] = '\0';
+        return -1;
+    }
+    snprintf(c->key_buf, sizeof(c->key_buf), "%s/cluster.key", c->key_dir);
+    if (mls_auth_key_file_create(c->key_buf, &err) != MLS_OK) {
+        fprintf(stderr, "cluster: %s\n", err.msg);
+        rmdir(c->key_dir);
+        c->key_dir[0] = '\0';
+        return -1;
+    }
+    c->key_file = c->key_buf;
+    return 0;
+}
+
+static void cl_key_remove(cl_cluster *c)
+{
+    if (c->key_dir[0] != '\0') {
+        unlink(c->key_buf);
+        rmdir(c->key_dir);
+        c->key_dir[0] = '\0';
+    }
 }
 
 int mls_cmd_cluster(int argc, char **argv)
@@ -308,6 +351,9 @@ int mls_cmd_cluster(int argc, char **argv)
     sa.sa_handler = cl_on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    if (cl_key_setup(&c) != 0) {
+        return 1;
+    }
     snprintf(port_file, sizeof(port_file), "/tmp/mlaserve-cluster-%d.ports", (int)getpid());
     unlink(port_file);
     {
@@ -315,9 +361,10 @@ int mls_cmd_cluster(int argc, char **argv)
         snprintf(bin, sizeof(bin), "%s/mlaserve-router", c.bin_dir);
         snprintf(port, sizeof(port), "%d", c.port);
         char *argv_r[] = {bin, "--tokenizer", (char *)c.model, "--host", (char *)c.host, "--port", port,
-                          "--node-port", "0", "--port-file", port_file, c.colocated ? "--colocated-only" : NULL,
-                          NULL};
+                          "--node-port", "0", "--port-file", port_file, "--cluster-key-file",
+                          (char *)c.key_file, c.colocated ? "--colocated-only" : NULL, NULL};
         if (cl_spawn(&c, "router", "router", argv_r) != 0) {
+            cl_key_remove(&c);
             return 1;
         }
     }
@@ -328,6 +375,7 @@ int mls_cmd_cluster(int argc, char **argv)
     if (http_port < 0) {
         fprintf(stderr, "cluster: the router did not start\n");
         cl_stop_all(&c);
+        cl_key_remove(&c);
         return 1;
     }
     snprintf(router_addr, sizeof(router_addr), "%s:%d", c.host, node_port);
@@ -341,9 +389,11 @@ int mls_cmd_cluster(int argc, char **argv)
         snprintf(thr, sizeof(thr), "%d", threads);
         char *argv_n[] = {bin, "--model", (char *)c.model, "--router", router_addr, "--role", (char *)role,
                           "--node-id", name, "--listen", (char *)c.host, "--kv-dtype", (char *)c.kv_dtype,
-                          "--kv-pages", pages, "--max-batch", batch, "--threads", thr, NULL};
+                          "--kv-pages", pages, "--max-batch", batch, "--threads", thr,
+                          "--cluster-key-file", (char *)c.key_file, NULL};
         if (cl_spawn(&c, role, name, argv_n) != 0) {
             cl_stop_all(&c);
+            cl_key_remove(&c);
             return 1;
         }
     }
@@ -354,6 +404,7 @@ int mls_cmd_cluster(int argc, char **argv)
     if (cl_stop || cl_http_get(c.host, http_port, "/health") != 200) {
         fprintf(stderr, "cluster: the nodes did not come up\n");
         cl_stop_all(&c);
+        cl_key_remove(&c);
         return 1;
     }
     cl_write_state(&c, http_port, node_port);
@@ -369,9 +420,11 @@ int mls_cmd_cluster(int argc, char **argv)
                "  metrics: http://%s:%d/metrics\n"
                "  try:     curl http://%s:%d/v1/chat/completions -H 'Content-Type: application/json' \\\n"
                "             -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hello!\"}],\"max_tokens\":32}'\n"
+               "  nodes:   more can join: mlaserve-decode --model DIR --router %s:%d \\\n"
+               "             --cluster-key-file %s\n"
                "Ctrl-C stops the cluster.\n",
                nodes, realpath(c.model, real) ? real : c.model, c.host, http_port, c.host, http_port, c.host,
-               http_port);
+               http_port, c.host, node_port, c.key_file);
     }
     fflush(stdout);
     /* supervise: report children that die; stop on a signal */
@@ -399,5 +452,6 @@ int mls_cmd_cluster(int argc, char **argv)
     if (c.state_file != NULL) {
         unlink(c.state_file);
     }
+    cl_key_remove(&c);
     return 0;
 }

@@ -13,7 +13,7 @@
 #include "mls_proto.h"
 #include "mls_test.h"
 
-#define N_MSG 14
+#define N_MSG 16
 
 /* ---- building one envelope of each kind, every field set ----------------- */
 
@@ -42,6 +42,10 @@ typedef struct {
     Mlaserve__Drain drain;
     Mlaserve__Heartbeat heartbeat;
     Mlaserve__StartDecode start;
+    Mlaserve__AuthHello hello;
+    Mlaserve__AuthProof proof;
+    uint8_t nonce[MLS_AUTH_NONCE_BYTES];
+    uint8_t proof_bytes[MLS_AUTH_PROOF_BYTES];
     uint8_t ucx_addr[37];
     uint8_t decode_addr[19];
     uint32_t page_ids[5];
@@ -278,6 +282,24 @@ static void msg_set_build(msg_set *m)
     m->start.sampling = &m->sampling;
     m->env[13].msg_case = MLASERVE__ENVELOPE__MSG_START_DECODE;
     m->env[13].start_decode = &m->start;
+
+    for (i = 0; i < (int)MLS_AUTH_NONCE_BYTES; i++) {
+        m->nonce[i] = (uint8_t)(i * 7 + 1);
+        m->proof_bytes[i] = (uint8_t)(i * 13 + 5);
+    }
+    mlaserve__auth_hello__init(&m->hello);
+    m->hello.protocol_version = MLS_PROTO_VERSION;
+    m->hello.role = MLASERVE__AUTH_ROLE__AUTH_ROLE_ACCEPTOR;
+    m->hello.nonce.data = m->nonce;
+    m->hello.nonce.len = sizeof(m->nonce);
+    m->env[14].msg_case = MLASERVE__ENVELOPE__MSG_AUTH_HELLO;
+    m->env[14].auth_hello = &m->hello;
+
+    mlaserve__auth_proof__init(&m->proof);
+    m->proof.proof.data = m->proof_bytes;
+    m->proof.proof.len = sizeof(m->proof_bytes);
+    m->env[15].msg_case = MLASERVE__ENVELOPE__MSG_AUTH_PROOF;
+    m->env[15].auth_proof = &m->proof;
 }
 
 /* ---- generic checks through the descriptors ------------------------------- */
@@ -828,6 +850,146 @@ static void test_pack_limits_and_helpers(void)
     CHECK_STATUS(mls_proto_kv_layout_from_wire(&bad, &l, &n_layers, &err), MLS_ERR_PEER_MISMATCH);
 }
 
+/* A header announcing a big frame costs nothing until its bytes come: the
+ * buffer grows with what arrived (the router allocated 16 MiB per header). */
+static void test_decoder_buffer_grows_with_bytes(void)
+{
+    mls_frame_decoder *dec = NULL;
+    uint8_t hdr[MLS_FRAME_HEADER_BYTES], *chunk = calloc(1, 1u << 20);
+    const uint8_t *p, *frame = NULL;
+    size_t n, frame_len = 0, fed = 0;
+    mls_err err = {{0}};
+
+    CHECK(chunk != NULL);
+    CHECK_OK(mls_frame_decoder_create(16u << 20, &dec, &err));
+    mls_frame_header_write(16u << 20, hdr);
+    p = hdr;
+    n = sizeof(hdr);
+    CHECK_OK(mls_frame_decoder_next(dec, &p, &n, &frame, &frame_len, &err));
+    CHECK(frame == NULL);
+    CHECK_MSG(mls_frame_decoder_buffer_bytes(dec) == 0, "a bare header holds %zu bytes",
+              mls_frame_decoder_buffer_bytes(dec));
+    p = chunk;
+    n = 100;
+    CHECK_OK(mls_frame_decoder_next(dec, &p, &n, &frame, &frame_len, &err));
+    CHECK_MSG(mls_frame_decoder_buffer_bytes(dec) <= 4096, "100 bytes hold %zu",
+              mls_frame_decoder_buffer_bytes(dec));
+    fed = 100;
+    while (fed < (16u << 20)) {
+        size_t k = (16u << 20) - fed < (1u << 20) ? (16u << 20) - fed : (1u << 20);
+        p = chunk;
+        n = k;
+        CHECK_OK(mls_frame_decoder_next(dec, &p, &n, &frame, &frame_len, &err));
+        fed += k;
+        /* never more than twice what arrived (doubling), never more than the frame */
+        CHECK_MSG(mls_frame_decoder_buffer_bytes(dec) <= 2 * fed &&
+                      mls_frame_decoder_buffer_bytes(dec) <= (16u << 20),
+                  "%zu bytes held after %zu arrived", mls_frame_decoder_buffer_bytes(dec), fed);
+    }
+    CHECK(frame != NULL);
+    CHECK_EQ_INT(frame_len, 16u << 20);
+    /* a smaller limit for what comes next (before authentication) */
+    mls_frame_decoder_set_max(dec, 4096);
+    mls_frame_header_write(4097, hdr);
+    p = hdr;
+    n = sizeof(hdr);
+    CHECK_STATUS(mls_frame_decoder_next(dec, &p, &n, &frame, &frame_len, &err), MLS_ERR_TOO_LARGE);
+    mls_frame_decoder_destroy(dec);
+    free(chunk);
+}
+
+/* Sealed frames: the right session opens them in order; a replayed, altered
+ * or reordered frame is MLS_ERR_CHECKSUM. */
+static void test_sealed_frames(void)
+{
+    mls_auth_key key, other;
+    mls_auth_session tx, rx, wrong;
+    uint8_t dn[MLS_AUTH_NONCE_BYTES], an[MLS_AUTH_NONCE_BYTES];
+    uint8_t *f1 = NULL, *f2 = NULL;
+    size_t l1 = 0, l2 = 0;
+    const uint8_t *p;
+    size_t n;
+    mls_proto_reader *r = NULL;
+    Mlaserve__Envelope env = MLASERVE__ENVELOPE__INIT, *got = NULL;
+    Mlaserve__Heartbeat hb = MLASERVE__HEARTBEAT__INIT;
+    mls_err err = {{0}};
+    const char *secret = "0123456789abcdef0123456789abcdef-test";
+
+    CHECK_OK(mls_auth_key_from_bytes((const uint8_t *)secret, strlen(secret), &key, &err));
+    CHECK_OK(mls_auth_key_from_bytes((const uint8_t *)secret, strlen(secret) - 1, &other, &err));
+    CHECK_STATUS(mls_auth_key_from_bytes((const uint8_t *)secret, 31, &other, &err),
+                 MLS_ERR_INVALID_ARG);
+    mls_auth_nonce(dn);
+    mls_auth_nonce(an);
+    mls_auth_session_init(&key, MLS_AUTH_ROLE_DIALER, dn, an, &tx);
+    mls_auth_session_init(&key, MLS_AUTH_ROLE_ACCEPTOR, dn, an, &rx);
+    env.msg_case = MLASERVE__ENVELOPE__MSG_HEARTBEAT;
+    env.heartbeat = &hb;
+    hb.seq = 1;
+    CHECK_OK(mls_proto_frame_pack_sealed(&env, 4096, &tx, &f1, &l1, &err));
+    hb.seq = 2;
+    CHECK_OK(mls_proto_frame_pack_sealed(&env, 4096, &tx, &f2, &l2, &err));
+    CHECK_OK(mls_proto_reader_create(NULL, &r, &err));
+    mls_proto_reader_set_session(r, &rx);
+    /* reordered: the second frame first does not open */
+    {
+        mls_auth_session rx2 = rx;
+        mls_proto_reader_set_session(r, &rx2);
+        p = f2;
+        n = l2;
+        CHECK_STATUS(mls_proto_reader_next(r, &p, &n, &got, &err), MLS_ERR_CHECKSUM);
+        mls_proto_reader_set_session(r, &rx);
+    }
+    p = f1;
+    n = l1;
+    CHECK_OK(mls_proto_reader_next(r, &p, &n, &got, &err));
+    CHECK(got != NULL && got->msg_case == MLASERVE__ENVELOPE__MSG_HEARTBEAT &&
+          got->heartbeat->seq == 1);
+    /* replayed */
+    p = f1;
+    n = l1;
+    CHECK_STATUS(mls_proto_reader_next(r, &p, &n, &got, &err), MLS_ERR_CHECKSUM);
+    /* altered */
+    f2[l2 - 3] ^= 1;
+    p = f2;
+    n = l2;
+    CHECK_STATUS(mls_proto_reader_next(r, &p, &n, &got, &err), MLS_ERR_CHECKSUM);
+    f2[l2 - 3] ^= 1;
+    p = f2;
+    n = l2;
+    CHECK_OK(mls_proto_reader_next(r, &p, &n, &got, &err));
+    CHECK(got != NULL && got->heartbeat->seq == 2);
+    /* another key, or the other direction's key, opens nothing */
+    mls_auth_session_init(&other, MLS_AUTH_ROLE_ACCEPTOR, dn, an, &wrong);
+    mls_proto_reader_set_session(r, &wrong);
+    p = f1;
+    n = l1;
+    CHECK_STATUS(mls_proto_reader_next(r, &p, &n, &got, &err), MLS_ERR_CHECKSUM);
+    mls_auth_session_init(&key, MLS_AUTH_ROLE_DIALER, dn, an, &wrong);
+    mls_proto_reader_set_session(r, &wrong);
+    p = f1;
+    n = l1;
+    CHECK_STATUS(mls_proto_reader_next(r, &p, &n, &got, &err), MLS_ERR_CHECKSUM);
+    /* proofs: bound to the role, both nonces and the key */
+    {
+        uint8_t pr[MLS_AUTH_PROOF_BYTES];
+        mls_auth_proof(&key, MLS_AUTH_ROLE_DIALER, dn, an, MLS_PROTO_VERSION, pr);
+        CHECK(mls_auth_proof_check(&key, MLS_AUTH_ROLE_DIALER, dn, an, MLS_PROTO_VERSION, pr,
+                                   sizeof(pr)));
+        CHECK(!mls_auth_proof_check(&key, MLS_AUTH_ROLE_ACCEPTOR, dn, an, MLS_PROTO_VERSION, pr,
+                                    sizeof(pr)));
+        CHECK(!mls_auth_proof_check(&key, MLS_AUTH_ROLE_DIALER, an, dn, MLS_PROTO_VERSION, pr,
+                                    sizeof(pr)));
+        CHECK(!mls_auth_proof_check(&other, MLS_AUTH_ROLE_DIALER, dn, an, MLS_PROTO_VERSION, pr,
+                                    sizeof(pr)));
+        CHECK(!mls_auth_proof_check(&key, MLS_AUTH_ROLE_DIALER, dn, an, MLS_PROTO_VERSION, pr,
+                                    sizeof(pr) - 1));
+    }
+    mls_proto_reader_destroy(r);
+    free(f1);
+    free(f2);
+}
+
 int main(void)
 {
     int64_t net0 = mls_alloc_bytes(MLS_ALLOC_TAG_NET);
@@ -840,6 +1002,8 @@ int main(void)
     MLS_TEST_RUN(test_unpack_allocator_cap);
     MLS_TEST_RUN(test_arena);
     MLS_TEST_RUN(test_pack_limits_and_helpers);
+    MLS_TEST_RUN(test_decoder_buffer_grows_with_bytes);
+    MLS_TEST_RUN(test_sealed_frames);
     if (mls_alloc_bytes(MLS_ALLOC_TAG_NET) != net0) {
         fprintf(stderr, "FAIL: %lld NET bytes leaked\n",
                 (long long)(mls_alloc_bytes(MLS_ALLOC_TAG_NET) - net0));
