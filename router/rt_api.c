@@ -185,6 +185,57 @@ err_free_request:
     rt_api_error(req, &e);
 }
 
+/* /health: liveness, 200 while the process serves. /ready: readiness, 200
+ * only with a path for requests (a prefill and a decode node, or a colocated
+ * one), else 503 with the reason. */
+static void rt_api_health(rt_router *rt, mls_http_req *req, bool ready)
+{
+    const char *why = NULL;
+    char body[160];
+    int n;
+
+    if (!ready || rt_requests_have_path(rt, &why)) {
+        n = snprintf(body, sizeof(body), "{\"status\":\"ok\"}");
+        mls_http_req_respond(req, 200, "application/json", body, (size_t)n);
+        return;
+    }
+    n = snprintf(body, sizeof(body), "{\"status\":\"not ready\",\"reason\":\"%s\"}", why);
+    mls_http_req_respond(req, 503, "application/json", body, (size_t)n);
+}
+
+static void rt_api_metrics(rt_router *rt, mls_http_req *req)
+{
+    char *text;
+    size_t len;
+
+    if (mls_prom_render(rt->prom, &text, &len) != MLS_OK) {
+        mls_http_req_respond_error(req, 500, "server_error", NULL, NULL, "cannot render metrics");
+        return;
+    }
+    mls_http_req_respond(req, 200, MLS_PROM_CONTENT_TYPE, text, len);
+    free(text);
+}
+
+void rt_api_metrics_handle(mls_http_req *req, void *user)
+{
+    rt_router *rt = user;
+    mls_oai_error e;
+    mls_oai_endpoint ep;
+
+    memset(&e, 0, sizeof(e));
+    ep = mls_oai_route(mls_http_req_method(req), mls_http_req_path(req), &e);
+    if (ep == MLS_OAI_EP_METRICS) {
+        rt_api_metrics(rt, req);
+    } else if (ep == MLS_OAI_EP_HEALTH || ep == MLS_OAI_EP_READY) {
+        rt_api_health(rt, req, ep == MLS_OAI_EP_READY);
+    } else {
+        if (ep != MLS_OAI_EP_NONE) {
+            mls_oai_error_set(&e, 404, NULL, "not_found", "this address serves /metrics, /health and /ready only");
+        }
+        rt_api_error(req, &e);
+    }
+}
+
 void rt_api_handle(mls_http_req *req, void *user)
 {
     rt_router *rt = user;
@@ -197,26 +248,23 @@ void rt_api_handle(mls_http_req *req, void *user)
         rt_api_error(req, &e);
         return;
     }
-    if (ep == MLS_OAI_EP_HEALTH) {
-        uint32_t ctx = rt_context_limit(rt);
-        const char *body = ctx > 0 ? "{\"status\":\"ok\"}" : "{\"status\":\"no decode capacity\"}";
-        mls_http_req_respond(req, ctx > 0 ? 200 : 503, "application/json", body, strlen(body));
+    if (ep == MLS_OAI_EP_HEALTH || ep == MLS_OAI_EP_READY) {
+        rt_api_health(rt, req, ep == MLS_OAI_EP_READY);
         return;
     }
-    if (ep == MLS_OAI_EP_METRICS) {
-        char *text;
-        size_t len;
-        if (mls_prom_render(rt->prom, &text, &len) != MLS_OK) {
-            mls_http_req_respond_error(req, 500, "server_error", NULL, NULL, "cannot render metrics");
-            return;
-        }
-        mls_http_req_respond(req, 200, MLS_PROM_CONTENT_TYPE, text, len);
-        free(text);
-        return;
-    }
+    /* everything else, /metrics included, behind the key when one is set */
     if (!mls_oai_auth_check(mls_http_req_header(req, "Authorization"), (const char *const *)rt->api_keys,
                             rt->n_api_keys, &e)) {
         rt_api_error(req, &e);
+        return;
+    }
+    if (ep == MLS_OAI_EP_METRICS) {
+        if (rt->metrics_http != NULL) {
+            mls_oai_error_set(&e, 404, NULL, "not_found", "/metrics is served on its own address (--metrics-listen)");
+            rt_api_error(req, &e);
+            return;
+        }
+        rt_api_metrics(rt, req);
         return;
     }
     if (ep == MLS_OAI_EP_MODELS) {

@@ -10,5 +10,7 @@
 
 /* mls_http_handler_fn for the router's server; user is the rt_router. */
 void rt_api_handle(mls_http_req *req, void *user);
+/* The handler of the --metrics-listen server: /metrics, /health, /ready, no key. */
+void rt_api_metrics_handle(mls_http_req *req, void *user);
 
 #endif

@@ -752,16 +752,57 @@ void rt_requests_init(rt_router *rt)
     rt_nodes_set_events(rt, &events);
 }
 
+bool rt_requests_have_path(rt_router *rt, const char **why_p)
+{
+    bool prefill = false, decode = false, colocated = false;
+    const char *why;
+
+    for (rt_node *n = rt->nodes; n != NULL; n = n->next) {
+        if (rt_node_alive(n)) {
+            prefill |= n->role == MLASERVE__ROLE__ROLE_PREFILL;
+            decode |= n->role == MLASERVE__ROLE__ROLE_DECODE;
+            colocated |= n->role == MLASERVE__ROLE__ROLE_COLOCATED;
+        }
+    }
+    if (colocated || (!rt->colocated_only && prefill && decode)) {
+        return true;
+    }
+    if (rt->colocated_only) {
+        why = "no colocated node";
+    } else if (!prefill && !decode) {
+        why = "no prefill and no decode node";
+    } else {
+        why = !prefill ? "no prefill node" : "no decode node";
+    }
+    *why_p = why;
+    return false;
+}
+
 void rt_requests_tick(rt_router *rt)
 {
     uint64_t now = mls_now_ns();
     uint32_t running = 0, waiting = 0;
+    const char *why = NULL;
+    bool have_path = rt_requests_have_path(rt, &why);
 
     for (rt_request *r = rt->requests, *next; r != NULL; r = next) {
         next = r->next;
         if (r->state != RQ_DONE && now > r->t_deadline) {
             rt_request_fail(r, 504, MLS_ERR_TIMED_OUT, "request deadline passed");
             continue;
+        }
+        if (r->state == RQ_QUEUED && !have_path) {
+            if (r->t_no_path == 0) {
+                r->t_no_path = now;
+            } else if (now - r->t_no_path >= (uint64_t)rt->capacity_wait_ms * 1000000ull) {
+                char msg[160];
+                snprintf(msg, sizeof(msg), "no capacity to serve the request: %s for %u ms", why,
+                         rt->capacity_wait_ms);
+                rt_request_fail(r, 503, MLS_ERR_BUSY, msg);
+                continue;
+            }
+        } else {
+            r->t_no_path = 0;
         }
         if (r->state == RQ_QUEUED) {
             waiting++;

@@ -65,6 +65,7 @@ struct rt_request {
     const char *finish_reason;
     /* timing (mls_now_ns) */
     uint64_t t_arrival, t_first, t_last, t_deadline;
+    uint64_t t_no_path;            /* queued with no prefill or no decode path since; 0 = has one */
     struct rt_request *next;       /* router's list */
 };
 
@@ -76,7 +77,14 @@ void rt_request_start(rt_request *r);
 void rt_request_fail(rt_request *r, int http_status, mls_status st, const char *msg);
 void rt_request_retry(rt_request *r, mls_status st, const char *why);
 void rt_request_free(rt_request *r);
+/* Once a tick: the deadline, and the capacity wait - a queued request with no
+ * path (no prefill or no decode node, and no colocated one) for
+ * capacity_wait_ms fails with 503 (an SSE error event if its stream started). */
 void rt_requests_tick(rt_router *rt);
+/* Whether a request can be served at all now: a live colocated node, or a live
+ * prefill and a live decode node (only colocated with colocated_only). False
+ * with what is missing in *why_p (static string). */
+bool rt_requests_have_path(rt_router *rt, const char **why_p);
 void rt_requests_kick(rt_router *rt);
 
 #endif

@@ -13,7 +13,14 @@
  *  - malformed HTTP / JSON / parameters, an oversized prompt and garbage
  *    protobuf frames on the node port get clear errors; everything keeps
  *    serving;
- *  - colocated mode gives the same tokens.
+ *  - colocated mode gives the same tokens;
+ *  - capacity gone (a router and nodes started one by one, --capacity-wait-ms
+ *    2000): with no prefill node a request gets 503 after the wait, with the
+ *    only decode node killed mid-stream the stream ends with an SSE error
+ *    event after the wait - never at the 600 s deadline; /ready is 503 with
+ *    the reason until a prefill and a decode node are there, /health 200;
+ *  - API keys from a file: /metrics behind the key on the API port, or with
+ *    --metrics-listen on its own address; router flags parsed.
  * The model is the project's demo model (`mlaserve genmodel --preset demo`),
  * generated into a temp dir, or MLS_TEST_CLUSTER_MODEL.
  */
@@ -23,11 +30,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 
 #include "cl_http.h"
 #include "mls_buf.h"
+#include "mls_num.h"
 #include "mls_test.h"
 #include "tok.h"
 
@@ -656,6 +666,286 @@ static void test_bad_input(void)
     }
 }
 
+/* ---- daemons started one by one ---------------------------------------------------- */
+
+static pid_t spawn_logged(char *const argv[], const char *log)
+{
+    pid_t pid = fork();
+
+    if (pid == 0) {
+        FILE *f = freopen(log, "a", stdout);
+        if (f == NULL || dup2(fileno(stdout), 2) < 0) {
+            _exit(126);
+        }
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* A router on free ports with extra flags; its ports from --port-file (metrics_p may be NULL). */
+static pid_t router_start(const char *const *extra, const char *log, int *http_p, int *node_p, int *metrics_p)
+{
+    char bin[600], tokdir[600], pf[128];
+    char *argv[32];
+    int n = 0;
+    pid_t pid;
+
+    snprintf(bin, sizeof(bin), "%s/mlaserve-router", MLS_BIN_DIR);
+    snprintf(tokdir, sizeof(tokdir), "%s", model_dir);
+    snprintf(pf, sizeof(pf), "/tmp/mls-cluster-test-%d-router.ports", (int)getpid());
+    unlink(pf);
+    argv[n++] = bin;
+    argv[n++] = "--tokenizer";
+    argv[n++] = tokdir;
+    argv[n++] = "--port";
+    argv[n++] = "0";
+    argv[n++] = "--node-port";
+    argv[n++] = "0";
+    argv[n++] = "--port-file";
+    argv[n++] = pf;
+    argv[n++] = "--insecure-no-cluster-key"; /* these tests are about the HTTP side */
+    for (size_t i = 0; extra[i] != NULL && n < 31; i++) {
+        argv[n++] = (char *)extra[i];
+    }
+    argv[n] = NULL;
+    pid = spawn_logged(argv, log);
+    for (int i = 0; i < 300 && pid > 0; i++) {
+        FILE *f = fopen(pf, "r");
+        int m = 0;
+        if (f != NULL) {
+            m = fscanf(f, "%d %d %d", http_p, node_p, metrics_p != NULL ? metrics_p : &m);
+            fclose(f);
+        }
+        if (m >= 2) {
+            unlink(pf);
+            return pid;
+        }
+        usleep(100000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return -1;
+}
+
+static pid_t node_start(const char *role, int node_port, const char *log)
+{
+    char bin[600], router[64], name[32];
+    char *argv[] = {bin, "--model", model_dir, "--router", router, "--role", (char *)role, "--node-id", name,
+                    "--listen", "127.0.0.1", "--kv-pages", "256", "--threads", "1", NULL};
+
+    snprintf(bin, sizeof(bin), "%s/mlaserve-%s", MLS_BIN_DIR, strcmp(role, "prefill") == 0 ? "prefill" : "decode");
+    snprintf(router, sizeof(router), "127.0.0.1:%d", node_port);
+    snprintf(name, sizeof(name), "solo-%s", role);
+    return spawn_logged(argv, log);
+}
+
+static void daemon_stop(pid_t pid)
+{
+    if (pid > 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+    }
+}
+
+/* GET path: the status, and whether the body holds want (NULL: anything). */
+static int get_status(int port, const char *path, const char *want, bool *has_p)
+{
+    cl_response r;
+    int st;
+
+    if (cl_get(port, path, 10, &r) != 0) {
+        return -1;
+    }
+    st = r.status;
+    if (has_p != NULL) {
+        *has_p = want == NULL || strstr(r.body, want) != NULL;
+    }
+    cl_response_free(&r);
+    return st;
+}
+
+/* Poll /ready until its status is want_status and its body holds want (60 s at most). */
+static int wait_ready(int port, int want_status, const char *want)
+{
+    for (int i = 0; i < 600; i++) {
+        bool has = false;
+        if (get_status(port, "/ready", want, &has) == want_status && has) {
+            return 1;
+        }
+        usleep(100000);
+    }
+    return 0;
+}
+
+static void test_capacity_gone_fails_fast_and_ready(void)
+{
+    static const char *const extra[] = {"--capacity-wait-ms", "2000", NULL};
+    char log[128], body[8192], raw[9000], buf[65536];
+    int http = 0, node = 0, fd, len;
+    pid_t router, dec, pre;
+    size_t got = 0;
+    double t0, waited;
+    cl_response r;
+    bool has = false;
+
+    snprintf(log, sizeof(log), "/tmp/mls-cluster-test-%d-solo.log", (int)getpid());
+    unlink(log);
+    router = router_start(extra, log, &http, &node, NULL);
+    CHECK(router > 0);
+    /* no node: not ready, but alive */
+    CHECK_EQ_INT(get_status(http, "/health", NULL, NULL), 200);
+    CHECK_EQ_INT(get_status(http, "/ready", "no prefill and no decode node", &has), 503);
+    CHECK(has);
+    /* a decode node alone: still not ready; a request fails after the wait, not at the deadline */
+    dec = node_start("decode", node, log);
+    CHECK(wait_ready(http, 503, "\"no prefill node\""));
+    CHECK_EQ_INT(get_status(http, "/health", NULL, NULL), 200);
+    t0 = (double)mls_now_ns() * 1e-9;
+    CHECK(cl_post(http, "/v1/completions", "{\"prompt\":\"Hello\",\"max_tokens\":4}", 60, &r) == 0);
+    waited = (double)mls_now_ns() * 1e-9 - t0;
+    fprintf(stderr, "  no prefill node: %d after %.2f s: %s\n", r.status, waited, r.body);
+    CHECK_EQ_INT(r.status, 503);
+    CHECK(strstr(r.body, "no prefill node") != NULL);
+    CHECK(waited >= 1.9 && waited < 15.0);
+    cl_response_free(&r);
+    /* both: ready; the only decode node killed mid-stream -> an SSE error event after the wait */
+    pre = node_start("prefill", node, log);
+    CHECK(wait_ready(http, 200, NULL));
+    snprintf(body, sizeof(body), "{\"prompt\":[%s],\"max_tokens\":3000,\"temperature\":0,\"ignore_eos\":true,"
+             "\"stream\":true}", prompt_ids[3]);
+    len = snprintf(raw, sizeof(raw), "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   "Content-Length: %zu\r\n\r\n%s", strlen(body), body);
+    fd = cl_connect(http);
+    CHECK(fd >= 0);
+    {
+        struct timeval tv = {.tv_sec = 60};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    }
+    CHECK(write(fd, raw, (size_t)len) == len);
+    while (got < sizeof(buf) - 1 && strstr(buf, "data: ") == NULL) { /* the stream has started */
+        ssize_t n = read(fd, buf + got, sizeof(buf) - 1 - got);
+        if (n <= 0) {
+            break;
+        }
+        got += (size_t)n;
+        buf[got] = '\0';
+    }
+    CHECK(strstr(buf, "data: ") != NULL);
+    kill(dec, SIGKILL);
+    waitpid(dec, NULL, 0);
+    t0 = (double)mls_now_ns() * 1e-9;
+    got = 0; /* keep the tail: the error event is last */
+    for (;;) {
+        ssize_t n;
+        if (got > sizeof(buf) / 2) {
+            memmove(buf, buf + got - 4096, 4096);
+            got = 4096;
+        }
+        n = read(fd, buf + got, sizeof(buf) - 1 - got);
+        if (n <= 0) {
+            break;
+        }
+        got += (size_t)n;
+        buf[got] = '\0';
+        if (strstr(buf, "0\r\n\r\n") != NULL && strstr(buf, "[DONE]") != NULL) {
+            break;
+        }
+    }
+    waited = (double)mls_now_ns() * 1e-9 - t0;
+    close(fd);
+    fprintf(stderr, "  decode node killed mid-stream: the stream ended %.2f s later\n", waited);
+    CHECK_MSG(strstr(buf, "no capacity to serve the request: no decode node") != NULL, "stream tail: %s",
+              got > 600 ? buf + got - 600 : buf);
+    CHECK(waited >= 1.5 && waited < 20.0);
+    CHECK(wait_ready(http, 503, "\"no decode node\""));
+    CHECK_EQ_INT(get_status(http, "/health", NULL, NULL), 200);
+    daemon_stop(pre);
+    daemon_stop(router);
+    if (mls_test_failed_count > 0) {
+        fprintf(stderr, "  log kept: %s\n", log);
+    } else {
+        unlink(log);
+    }
+}
+
+static void test_api_key_file_and_metrics_listen(void)
+{
+    char keyfile[128], log[128], cmd[1024], req[512];
+    const char *extra[] = {"--api-key-file", keyfile, "--metrics-listen", "127.0.0.1:0", "--http-max-per-addr", "16",
+                           "--http-first-byte-ms", "2000", NULL};
+    const char *key_only[] = {"--api-key-file", keyfile, NULL};
+    int http = 0, node = 0, metrics = 0;
+    pid_t router;
+    cl_response r;
+    FILE *f;
+    bool has = false;
+
+    snprintf(keyfile, sizeof(keyfile), "/tmp/mls-cluster-test-%d.keys", (int)getpid());
+    snprintf(log, sizeof(log), "/tmp/mls-cluster-test-%d-keys.log", (int)getpid());
+    f = fopen(keyfile, "w");
+    CHECK(f != NULL);
+    fprintf(f, "# keys\n\n  sk-from-file  \n");
+    fclose(f);
+    router = router_start(extra, log, &http, &node, &metrics);
+    CHECK(router > 0 && metrics > 0);
+    /* the key file's key, not visible in ps */
+    CHECK_EQ_INT(get_status(http, "/v1/models", NULL, NULL), 401);
+    CHECK_EQ_INT(get_status(http, "/metrics", NULL, NULL), 401);
+    snprintf(req, sizeof(req), "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-from-file\r\n"
+             "Connection: close\r\n\r\n");
+    CHECK(cl_raw(http, req, strlen(req), 10, &r) == 0);
+    CHECK_EQ_INT(r.status, 200);
+    cl_response_free(&r);
+    /* /metrics lives on its own address: there without a key, not on the API port even with it */
+    snprintf(req, sizeof(req), "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-from-file\r\n"
+             "Connection: close\r\n\r\n");
+    CHECK(cl_raw(http, req, strlen(req), 10, &r) == 0);
+    CHECK_EQ_INT(r.status, 404);
+    cl_response_free(&r);
+    CHECK_EQ_INT(get_status(metrics, "/metrics", "mlaserve:nodes", &has), 200);
+    CHECK(has);
+    CHECK_EQ_INT(get_status(metrics, "/v1/models", NULL, NULL), 404);
+    CHECK_EQ_INT(get_status(metrics, "/health", NULL, NULL), 200);
+    daemon_stop(router);
+    /* without --metrics-listen: /metrics on the API port, behind the key */
+    router = router_start(key_only, log, &http, &node, NULL);
+    CHECK(router > 0);
+    CHECK_EQ_INT(get_status(http, "/metrics", NULL, NULL), 401);
+    snprintf(req, sizeof(req), "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-from-file\r\n"
+             "Connection: close\r\n\r\n");
+    CHECK(cl_raw(http, req, strlen(req), 10, &r) == 0);
+    CHECK_EQ_INT(r.status, 200);
+    CHECK(strstr(r.body, "mlaserve:nodes") != NULL);
+    cl_response_free(&r);
+    daemon_stop(router);
+    /* flags: --help names them, a bad value exits 2 with the flag named */
+    snprintf(cmd, sizeof(cmd), "%s/mlaserve-router --help | grep -c -e --http-max-per-addr -e --http-first-byte-ms "
+             "-e --api-key-file -e --metrics-listen -e --capacity-wait-ms -e 'visible to'", MLS_BIN_DIR);
+    {
+        char *out = run_capture(cmd);
+        CHECK(out != NULL && atoi(out) >= 6);
+        free(out);
+    }
+    snprintf(cmd, sizeof(cmd), "%s/mlaserve-router --tokenizer %s --http-max-per-addr lots 2>&1", MLS_BIN_DIR,
+             model_dir);
+    {
+        FILE *p = popen(cmd, "r");
+        char out[512] = "";
+        size_t n = p != NULL ? fread(out, 1, sizeof(out) - 1, p) : 0;
+        int st = p != NULL ? pclose(p) : -1;
+        out[n] = '\0';
+        CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 2 && strstr(out, "--http-max-per-addr") != NULL,
+                  "exit %d: %s", st, out);
+    }
+    unlink(keyfile);
+    if (mls_test_failed_count > 0) {
+        fprintf(stderr, "  log kept: %s\n", log);
+    } else {
+        unlink(log);
+    }
+}
+
 static void term_after(void *arg)
 {
     pid_t pid = *(pid_t *)arg;
@@ -707,6 +997,8 @@ int main(void)
     MLS_TEST_RUN(test_kill_decode_node);
     MLS_TEST_RUN(test_kill_prefill_node);
     cluster_stop(&C);
+    MLS_TEST_RUN(test_capacity_gone_fails_fast_and_ready);
+    MLS_TEST_RUN(test_api_key_file_and_metrics_listen);
     MLS_TEST_RUN(test_colocated_same_tokens_and_drain);
     if (getenv("MLS_TEST_CLUSTER_MODEL") == NULL) {
         snprintf(cmd, sizeof(cmd), "rm -rf '%s'", model_dir);
