@@ -10,15 +10,15 @@
  * checkpoint fails with the file and tensor named.
  *
  * Weights stay in the read-only mapping in their stored format
- * (eng_v4_weight); the small vectors (norms, sinks, router bias) are copied
- * to f32. There is no forward pass yet: eng_model_load validates a V4
- * checkpoint through this and then refuses it (see eng_model.c).
+ * (eng_v4_weight; their GEMM views may be decoded copies); the small vectors (norms, sinks, router bias) are copied
+ * to f32. The forward pass is eng_v4_forward.h's.
  */
 #ifndef ENG_V4_H
 #define ENG_V4_H
 
 #include <stdint.h>
 
+#include "eng_backend.h"
 #include "eng_config.h"
 #include "eng_safetensors.h"
 #include "mls_status.h"
@@ -33,12 +33,17 @@ typedef enum {
 } eng_v4_wfmt;
 
 /* A weight [rows = out_features, cols = in_features], row-major, in place in
- * the checkpoint's mapping. eng_v4_weight_row (eng_v4_model.c) decodes a row. */
+ * the checkpoint's mapping. eng_v4_weight_row (eng_v4_model.c) decodes a row.
+ * lin is the same matrix as the backend table's GEMMs take it: F32 and FP8
+ * in place (FP8 with its UE8M0 scales as f32 powers of two), BF16 (and an
+ * FP8 wo_a) widened to f32 and FP4 decoded to BF16, in memory the model owns
+ * (why: v4_weight_linear in eng_v4_model.c). */
 typedef struct {
     eng_v4_wfmt fmt;
     int64_t rows, cols;
     const void *data;     /* into the mapping */
     const uint8_t *scale; /* FP8/FP4 only, into the mapping; else NULL */
+    eng_linear lin;       /* (rows, cols) for eng_backend_ops.matmul */
 } eng_v4_weight;
 
 /* Row r of w as f32 (bit-exact decoding). */

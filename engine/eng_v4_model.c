@@ -74,6 +74,89 @@ static mls_status v4_bind_scale(v4_binder *b, const char *base, int64_t srows, i
     return MLS_OK;
 }
 
+static void *v4_own(v4_binder *b, size_t bytes);
+
+/* w->lin as f32: w decoded once into memory the model owns. */
+static mls_status v4_weight_widen(v4_binder *b, const char *name, eng_v4_weight *w)
+{
+    float *f = v4_own(b, sizeof(float) * (size_t)(w->rows * w->cols));
+
+    if (f == NULL) {
+        mls_err_set(b->err, "out of memory widening '%s' to f32", name);
+        return MLS_ERR_NO_MEMORY;
+    }
+    for (int64_t r = 0; r < w->rows; r++) {
+        eng_v4_weight_row(w, r, f + r * w->cols);
+    }
+    w->lin.m.dtype = KC_DTYPE_F32;
+    w->lin.m.data = f;
+    w->lin.m.scale_inv = NULL;
+    return MLS_OK;
+}
+
+/*
+ * w->lin, the GEMM view of w (kc_matrix). The V4 reference computes in fp32
+ * and rounds to FP8/FP4 in the middle of the network, so a GEMM must not
+ * round its input: kc's BF16 path on AVX512_BF16 splits the input into two
+ * bf16 halves (~2^-17 relative), which flips quantization ties (measured on
+ * tiny-v4-fp8: a layer-local position 4e-2 off instead of 3e-7). So BF16
+ * weights (whose inputs are never quantized) are widened to f32. FP8 and FP4
+ * weights take FP8-quantized inputs (eng_v4_linear), which both halves carry
+ * exactly: FP8 stays in place (scales as f32 powers of two), FP4 is decoded
+ * to BF16 (exact: an e2m1 value times a power of two).
+ */
+static mls_status v4_weight_linear(v4_binder *b, const char *name, eng_v4_weight *w)
+{
+    kc_matrix *m = &w->lin.m;
+
+    memset(&w->lin, 0, sizeof(w->lin));
+    m->rows = w->rows;
+    m->cols = w->cols;
+    m->data = w->data;
+    switch (w->fmt) {
+    case ENG_V4_WFMT_BF16:
+        return v4_weight_widen(b, name, w);
+    case ENG_V4_WFMT_F32:
+        m->dtype = KC_DTYPE_F32;
+        return MLS_OK;
+    case ENG_V4_WFMT_FP8: {
+        int64_t n = ((w->rows + ENG_V4_W_BLOCK - 1) / ENG_V4_W_BLOCK) *
+                    ((w->cols + ENG_V4_W_BLOCK - 1) / ENG_V4_W_BLOCK);
+        float *scale_inv = v4_own(b, sizeof(float) * (size_t)n);
+        if (scale_inv == NULL) {
+            mls_err_set(b->err, "out of memory for the scales of '%s'", name);
+            return MLS_ERR_NO_MEMORY;
+        }
+        for (int64_t i = 0; i < n; i++) {
+            scale_inv[i] = eng_v4_ue8m0_decode(w->scale[i]);
+        }
+        m->dtype = KC_DTYPE_FP8_E4M3;
+        m->scale_inv = scale_inv;
+        return MLS_OK;
+    }
+    case ENG_V4_WFMT_FP4: {
+        uint16_t *bf = v4_own(b, sizeof(uint16_t) * (size_t)(w->rows * w->cols));
+        float *row = mls_alloc(MLS_ALLOC_TAG_SCRATCH, sizeof(float) * (size_t)w->cols);
+        if (bf == NULL || row == NULL) {
+            mls_free(MLS_ALLOC_TAG_SCRATCH, row, sizeof(float) * (size_t)w->cols);
+            mls_err_set(b->err, "out of memory decoding the FP4 weight '%s'", name);
+            return MLS_ERR_NO_MEMORY;
+        }
+        for (int64_t r = 0; r < w->rows; r++) {
+            eng_v4_weight_row(w, r, row);
+            for (int64_t c = 0; c < w->cols; c++) {
+                bf[r * w->cols + c] = mls_f32_to_bf16(row[c]);
+            }
+        }
+        mls_free(MLS_ALLOC_TAG_SCRATCH, row, sizeof(float) * (size_t)w->cols);
+        m->dtype = KC_DTYPE_BF16;
+        m->data = bf;
+        return MLS_OK;
+    }
+    }
+    return MLS_OK;
+}
+
 /*
  * `<prefix><name>.weight` as an (out, in) linear: BF16/F32, or F8_E4M3 with
  * 128x128 block scales, or - fp4 true - I8 (out, in/2) with per-32 scales.
@@ -132,7 +215,7 @@ static mls_status v4_bind_weight(v4_binder *b, const char *name, int64_t out, in
     }
     w->data = t->data;
     b->model->weight_bytes += t->nbytes;
-    return MLS_OK;
+    return v4_weight_linear(b, full, w);
 }
 
 /* ---- vectors ---------------------------------------------------------------- */
@@ -284,6 +367,9 @@ static mls_status v4_bind_attn(v4_binder *b, eng_v4_layer *layer)
         (st = v4_bind_weight(b, "attn.wkv", d, D, false, &layer->wkv)) ||
         (st = v4_bind_vec1(b, "attn.kv_norm.weight", d, &layer->kv_norm)) ||
         (st = v4_bind_weight(b, "attn.wo_a", G * R, H * d / G, false, &layer->wo_a)) ||
+        /* wo_a is BF16 after DeepSeek's conversion and takes an unquantized input */
+        (layer->wo_a.fmt == ENG_V4_WFMT_FP8 &&
+         (st = v4_weight_widen(b, "attn.wo_a", &layer->wo_a))) ||
         (st = v4_bind_weight(b, "attn.wo_b", D, G * R, false, &layer->wo_b))) {
         return st;
     }

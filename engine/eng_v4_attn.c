@@ -1,0 +1,220 @@
+/*
+ * eng_v4_attn.c - DeepSeek-V4's attention half (README-v4 section 4).
+ *
+ * qr = q_norm(wq_a x); q = wq_b qr (T, H, d), each head RMS-normalised (no
+ * weight) and rotated on its last r dims. kv = kv_norm(wkv x) (T, d): one
+ * vector per token, key and value of every head, rotated, its first d-r
+ * (nope) dims FP8 quantize-dequantized in blocks of 64. Query p attends to
+ * the window (positions p-W+1 .. p) plus compressed entries: CSA the
+ * indexer's top-k of the visible ones, HCA all visible ones (entry j is
+ * visible from p >= m*j + m - 1), with the head's attention sink in the
+ * softmax denominator. The output of every head is rotated back (angle -p*f)
+ * on its last r dims, then wo_a maps each group of H/G heads to R and wo_b
+ * the G*R to D.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "eng_v4_forward.h"
+#include "eng_v4_ops.h"
+#include "mls_alloc.h"
+
+/* q (T, H, d) and kv (T, d) of the chunk; qr (T, Q) kept for the indexer. */
+static mls_status v4_attn_qkv(eng_v4_ctx *ctx, int32_t layer, const float *x, int32_t T,
+                              int32_t pos0, float *qr, float *q, float *kv, mls_err *err)
+{
+    const eng_config *c = &ctx->model->cfg;
+    const eng_v4_layer *L = &ctx->model->layers[layer];
+    int32_t H = c->num_attention_heads, d = c->v4.head_dim, r = c->qk_rope_head_dim;
+    int32_t Q = c->q_lora_rank;
+    const float *freqs = eng_v4_layer_freqs(ctx, layer);
+    mls_status st;
+
+    if ((st = eng_v4_linear(ctx, &L->wq_a, x, T, qr, eng_v4_weight_quantizes_input(&L->wq_a),
+                            err)) != MLS_OK) {
+        return st;
+    }
+    eng_v4_rmsnorm(qr, L->q_norm, T, Q, Q, c->rms_norm_eps);
+    if ((st = eng_v4_linear(ctx, &L->wq_b, qr, T, q, eng_v4_weight_quantizes_input(&L->wq_b),
+                            err)) ||
+        (st = eng_v4_linear(ctx, &L->wkv, x, T, kv, eng_v4_weight_quantizes_input(&L->wkv), err))) {
+        return st;
+    }
+    eng_v4_rmsnorm(q, NULL, (int64_t)T * H, d, d, c->rms_norm_eps);
+    eng_v4_rmsnorm(kv, L->kv_norm, T, d, d, c->rms_norm_eps);
+    for (int32_t t = 0; t < T; t++) {
+        for (int32_t hd = 0; hd < H; hd++) {
+            eng_v4_rope_apply(freqs, r, pos0 + t, false, q + ((int64_t)t * H + hd) * d + d - r);
+        }
+        float *kt = kv + (int64_t)t * d;
+        eng_v4_rope_apply(freqs, r, pos0 + t, false, kt + d - r);
+        eng_v4_fp8_qdq(kt, d - r, ENG_V4_KV_FP8_BLOCK, kt, NULL);
+    }
+    return MLS_OK;
+}
+
+/* out (T, D) = wo_b(concat_g wo_a_g(o[:, heads of g])); o (T, H, d). */
+static mls_status v4_attn_out(eng_v4_ctx *ctx, int32_t layer, const float *o, int32_t T, float *out,
+                              mls_err *err)
+{
+    const eng_config *c = &ctx->model->cfg;
+    const eng_v4_layer *L = &ctx->model->layers[layer];
+    int32_t H = c->num_attention_heads, d = c->v4.head_dim, G = c->v4.o_groups;
+    int32_t R = c->v4.o_lora_rank, gw = H / G * d; /* a group's input width */
+    size_t bytes = sizeof(float) * (size_t)T * (size_t)(gw + R + G * R);
+    float *gin, *gout, *lo;
+    mls_status st = MLS_OK;
+
+    if ((gin = mls_alloc(MLS_ALLOC_TAG_SCRATCH, bytes)) == NULL) {
+        mls_err_set(err, "out of memory for layer %d's output projection", layer);
+        return MLS_ERR_NO_MEMORY;
+    }
+    gout = gin + (size_t)T * gw; /* (T, R) */
+    lo = gout + (size_t)T * R;   /* (T, G*R) */
+    for (int32_t g = 0; g < G; g++) {
+        /* wo_a rows [g*R, (g+1)*R): a view of the (G*R, gw) weight (BF16 after conversion:
+         * no activation quantization) */
+        eng_v4_weight wg = L->wo_a;
+        wg.rows = R;
+        wg.lin.m.rows = R;
+        wg.lin.m.row0 = (int64_t)g * R;
+        for (int32_t t = 0; t < T; t++) {
+            memcpy(gin + (size_t)t * gw, o + (size_t)t * H * d + (size_t)g * gw,
+                   sizeof(float) * (size_t)gw);
+        }
+        if ((st = eng_v4_linear(ctx, &wg, gin, T, gout, false, err)) != MLS_OK) {
+            goto out_free;
+        }
+        for (int32_t t = 0; t < T; t++) {
+            memcpy(lo + (size_t)t * G * R + (size_t)g * R, gout + (size_t)t * R,
+                   sizeof(float) * (size_t)R);
+        }
+    }
+    st = eng_v4_linear(ctx, &L->wo_b, lo, T, out, eng_v4_weight_quantizes_input(&L->wo_b), err);
+
+out_free:
+    mls_free(MLS_ALLOC_TAG_SCRATCH, gin, bytes);
+    return st;
+}
+
+mls_status eng_v4_attn_forward(eng_v4_ctx *ctx, int32_t layer, eng_v4_layer_state *ls,
+                               const float *x, int32_t T, int32_t pos0, float *out, mls_err *err)
+{
+    const eng_config *c = &ctx->model->cfg;
+    const eng_v4_layer *L = &ctx->model->layers[layer];
+    int32_t H = c->num_attention_heads, d = c->v4.head_dim, r = c->qk_rope_head_dim;
+    int32_t Q = c->q_lora_rank, W = c->v4.sliding_window, m = L->ratio;
+    int32_t topk = c->v4.index_topk;
+    const float *freqs = eng_v4_layer_freqs(ctx, layer);
+    int32_t n_hist = pos0 < W - 1 ? pos0 : W - 1; /* window rows before the chunk */
+    int32_t ent0 = ls->n_entries, n_ent, k_cmp, k;
+    float *qr = NULL, *q, *kv, *rows = NULL, *o;
+    int32_t *idx = NULL, *sel = NULL;
+    size_t qbytes, rbytes = 0, ibytes = 0, sbytes = 0;
+    mls_status st;
+
+    qbytes = sizeof(float) * ((size_t)T * Q + (size_t)2 * T * H * d + (size_t)T * d);
+    if ((qr = mls_alloc(MLS_ALLOC_TAG_SCRATCH, qbytes)) == NULL) {
+        goto err_nomem;
+    }
+    q = qr + (size_t)T * Q;     /* (T, H, d) */
+    o = q + (size_t)T * H * d;  /* (T, H, d) */
+    kv = o + (size_t)T * H * d; /* (T, d) */
+    if ((st = v4_attn_qkv(ctx, layer, x, T, pos0, qr, q, kv, err)) != MLS_OK) {
+        goto out_free;
+    }
+    /* compressed entries of the blocks this chunk completes */
+    if (m > 0 && (st = eng_v4_compress(ctx, &L->compressor, ENG_V4_CMP_KV, layer, &ls->cmp, x, T,
+                                       pos0, ls->comp, &ls->n_entries, err))) {
+        goto out_free;
+    }
+    if (m == 4) {
+        int32_t n_keys = ent0;
+        if ((st = eng_v4_compress(ctx, &L->idx_compressor, ENG_V4_CMP_INDEX, layer, &ls->icmp, x, T,
+                                  pos0, ls->idx_keys, &n_keys, err))) {
+            goto out_free;
+        }
+        sbytes = sizeof(int32_t) * (size_t)T * topk;
+        if ((sel = mls_alloc(MLS_ALLOC_TAG_SCRATCH, sbytes)) == NULL) {
+            goto err_nomem;
+        }
+        if ((st = eng_v4_indexer_select(ctx, layer, qr, x, T, pos0, ls->idx_keys, n_keys, sel,
+                                        err))) {
+            goto out_free;
+        }
+        if (ls->last_topk != NULL) {
+            memcpy(ls->last_topk, sel + (size_t)(T - 1) * topk, sizeof(int32_t) * (size_t)topk);
+        }
+    }
+    n_ent = ls->n_entries;
+    k_cmp = m == 0 ? 0 : (m == 4 ? topk : n_ent);
+    k = W + k_cmp;
+
+    /* rows (n_hist + T + n_ent, d): the window before the chunk, the chunk, the entries */
+    rbytes = sizeof(float) * (size_t)(n_hist + T + n_ent) * d;
+    ibytes = sizeof(int32_t) * (size_t)T * k;
+    if ((rows = mls_alloc(MLS_ALLOC_TAG_SCRATCH, rbytes)) == NULL ||
+        (idx = mls_alloc(MLS_ALLOC_TAG_SCRATCH, ibytes)) == NULL) {
+        goto err_nomem;
+    }
+    for (int32_t i = 0; i < n_hist; i++) {
+        int32_t p = pos0 - n_hist + i;
+        memcpy(rows + (size_t)i * d, ls->window + (size_t)(p % W) * d, sizeof(float) * (size_t)d);
+    }
+    memcpy(rows + (size_t)n_hist * d, kv, sizeof(float) * (size_t)T * d);
+    if (n_ent > 0) {
+        memcpy(rows + (size_t)(n_hist + T) * d, ls->comp, sizeof(float) * (size_t)n_ent * d);
+    }
+    /* idx (T, k): query t at p sees positions max(0, p-W+1) .. p (row p - pos0 + n_hist),
+     * then its entries (row n_hist + T + j) */
+    for (int32_t t = 0; t < T; t++) {
+        int32_t p = pos0 + t, *it = idx + (size_t)t * k, n = 0;
+        int32_t first = p - W + 1 < 0 ? 0 : p - W + 1;
+        for (int32_t q_pos = first; q_pos <= p; q_pos++) {
+            it[n++] = q_pos - pos0 + n_hist;
+        }
+        if (m == 4) {
+            for (int32_t i = 0; i < topk; i++) {
+                int32_t j = sel[(size_t)t * topk + i];
+                if (j >= 0) {
+                    it[n++] = n_hist + T + j;
+                }
+            }
+        } else if (m > 0) {
+            int32_t n_vis = (p + 1) / m;
+            for (int32_t j = 0; j < n_vis && j < n_ent; j++) {
+                it[n++] = n_hist + T + j;
+            }
+        }
+        while (n < k) {
+            it[n++] = -1;
+        }
+    }
+    eng_v4_sparse_attn(q, rows, idx, L->attn_sink, T, H, d, n_hist + T + n_ent, k,
+                       1.0f / sqrtf((float)d), o);
+    for (int32_t t = 0; t < T; t++) {
+        for (int32_t hd = 0; hd < H; hd++) {
+            eng_v4_rope_apply(freqs, r, pos0 + t, true, o + ((int64_t)t * H + hd) * d + d - r);
+        }
+    }
+    if ((st = v4_attn_out(ctx, layer, o, T, out, err)) != MLS_OK) {
+        goto out_free;
+    }
+    /* the window ring takes the chunk's vectors */
+    for (int32_t t = 0; t < T; t++) {
+        memcpy(ls->window + (size_t)((pos0 + t) % W) * d, kv + (size_t)t * d,
+               sizeof(float) * (size_t)d);
+    }
+    st = MLS_OK;
+    goto out_free;
+
+err_nomem:
+    mls_err_set(err, "out of memory for layer %d's attention over %d tokens", layer, T);
+    st = MLS_ERR_NO_MEMORY;
+out_free:
+    mls_free(MLS_ALLOC_TAG_SCRATCH, qr, qbytes);
+    mls_free(MLS_ALLOC_TAG_SCRATCH, rows, rbytes);
+    mls_free(MLS_ALLOC_TAG_SCRATCH, idx, ibytes);
+    mls_free(MLS_ALLOC_TAG_SCRATCH, sel, sbytes);
+    return st;
+}

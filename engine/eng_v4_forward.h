@@ -1,0 +1,158 @@
+/*
+ * eng_v4_forward.h - DeepSeek-V4's forward pass on the CPU with an f32
+ * per-sequence state (engine internal).
+ *
+ * The maths is README-v4 section 4's (DeepSeek's inference/model.py): mHC
+ * residual of hc_mult copies around each half-block; attention with q LoRA,
+ * per-head q norm, one shared K=V vector per token (FP8-simulated nope dims),
+ * a sliding window on every layer, compressed entries (CSA: ratio 4,
+ * overlapping gated pooling, lightning-indexer top-k; HCA: any other ratio,
+ * all entries), an attention sink, inverse rotary on the output and a grouped
+ * low-rank output; MoE with sqrt-softplus scores, hash routing on the first
+ * layers, SwiGLU clamping and a shared expert. In an FP8 model the input of
+ * every FP8/FP4 GEMM is FP8 quantize-dequantized in blocks of 128 first.
+ *
+ * One code path serves prefill (a chunk of any length) and decode (a chunk
+ * of one): a chunk's tokens pass through the compressors one at a time, as
+ * the reference's decode does, so any chunking gives the same state.
+ *
+ * The state (eng_v4_state) is what the reference keeps per sequence
+ * (README-v4 section 3): per layer the window ring, the compressed entries,
+ * the indexer keys (CSA) and the compressors' partial blocks, all f32.
+ *
+ * Files: eng_v4_forward.c (context, state, mHC, blocks, head),
+ * eng_v4_attn.c (the attention half), eng_v4_compress.c (compressors),
+ * eng_v4_indexer.c (the lightning indexer), eng_v4_moe.c (the FFN half).
+ */
+#ifndef ENG_V4_FORWARD_H
+#define ENG_V4_FORWARD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "eng_backend.h"
+#include "eng_v4.h"
+#include "mls_status.h"
+
+#define ENG_V4_MAX_HC 64 /* hc_mult at most (eng_config refuses more) */
+
+/* One compressor's partial blocks (README-v4 section 3): rows of raw wkv
+ * outputs and gate scores (wgate + ape). CSA (c = 2): rows [0, 4) the last
+ * complete block, rows [4, 8) the current one; HCA (c = 1): rows [0, m). */
+typedef struct {
+    int32_t ratio; /* m */
+    int32_t width; /* d': head_dim or index_head_dim */
+    float *kv;     /* (c*m, c*d') */
+    float *score;  /* (c*m, c*d'); -inf where no token was written (CSA's empty previous block) */
+} eng_v4_cmp_state;
+
+typedef struct {
+    int32_t ratio;     /* 0 window only, 4 CSA, else HCA */
+    int32_t W, d, Id;  /* sliding_window, head_dim, index_head_dim */
+    float *window;     /* (W, d) ring: slot p mod W holds position p's K=V vector */
+    float *comp;       /* (cap_entries, d) compressed entries (ratio > 0) */
+    float *idx_keys;   /* (cap_entries, Id) indexer keys (CSA) */
+    int32_t n_entries; /* compressed entries held */
+    int32_t cap_entries;
+    eng_v4_cmp_state cmp;  /* ratio > 0 */
+    eng_v4_cmp_state icmp; /* CSA: the indexer's compressor (m 4, width Id) */
+    int32_t *last_topk;    /* (index_topk) or NULL: CSA, the chunk's last query's selection
+                            * (descending score, -1 pads); the caller's, for inspection */
+} eng_v4_layer_state;
+
+/* One sequence's V4 state. Owned by the caller (eng_v4_state_destroy). */
+typedef struct {
+    int32_t n_layers;
+    int32_t n_tokens;           /* positions [0, n_tokens) are folded in */
+    eng_v4_layer_state *layers; /* [n_layers] */
+} eng_v4_state;
+
+/* A compute context: the backend (CPU) and the rotary tables. One thread at a time. */
+typedef struct {
+    const eng_v4_model *model;
+    const eng_backend_ops *ops;
+    void *bctx;       /* the backend's context (CPU: a kc_pool) */
+    float *freqs_swa; /* (r/2) rope_theta, no YaRN: window-only layers */
+    float *freqs_cmp; /* (r/2) compress_rope_theta with YaRN: compressed layers */
+} eng_v4_ctx;
+
+mls_status eng_v4_ctx_create(const eng_v4_model *model, int n_threads, eng_v4_ctx **ctx_p,
+                             mls_err *err);
+void eng_v4_ctx_destroy(eng_v4_ctx *ctx); /* accepts NULL */
+
+/* An empty state (no tokens) for model. */
+mls_status eng_v4_state_create(const eng_v4_model *model, eng_v4_state **state_p);
+void eng_v4_state_destroy(eng_v4_state *state); /* accepts NULL */
+/* Make room for compressed entries up to n_tokens positions. */
+mls_status eng_v4_state_reserve(eng_v4_state *state, const eng_v4_model *model, int32_t n_tokens);
+
+/*
+ * Block `layer` on T tokens at positions pos0 .. pos0+T-1 (pos0 = the tokens
+ * the layer's state already holds): resid (T, h, D) is the hc residual in and
+ * out; ids (T) the tokens (hash routing); attn_out (T, D), if not NULL, gets
+ * the attention half's output (after wo_b). Updates the layer's state.
+ */
+mls_status eng_v4_block_forward(eng_v4_ctx *ctx, int32_t layer, eng_v4_layer_state *ls,
+                                const int32_t *ids, int32_t T, int32_t pos0,
+                                float *resid /* (T, h, D) */, float *attn_out /* (T, D) or NULL */,
+                                mls_err *err);
+
+/*
+ * ids[T] at positions state->n_tokens ..: every block, then the head.
+ * logits: (T, V) when all_logits, else (V) for the last token; may be NULL.
+ */
+mls_status eng_v4_forward(eng_v4_ctx *ctx, eng_v4_state *state, const int32_t *ids, int32_t T,
+                          bool all_logits, float *logits, mls_err *err);
+
+/* ---- internals shared by the eng_v4_*.c files ------------------------------------ */
+
+/* y (n, w->rows) = x (n, w->cols) . W^T; act_quant: FP8 quantize-dequantize x
+ * in blocks of 128 first (the FP8 model's GEMM inputs), into a scratch copy. */
+mls_status eng_v4_linear(eng_v4_ctx *ctx, const eng_v4_weight *w, const float *x, int64_t n,
+                         float *y, bool act_quant, mls_err *err);
+/* Does the reference quantize this weight's input (an FP8 or FP4 GEMM)? */
+bool eng_v4_weight_quantizes_input(const eng_v4_weight *w);
+/* x (n, dim) * rsqrt(mean(x^2) + eps) * w (dim; NULL: none), rows `stride` apart, in place. */
+void eng_v4_rmsnorm(float *x, const float *w, int64_t n, int32_t dim, int64_t stride, float eps);
+/* The layer's rotary frequencies (r/2). */
+const float *eng_v4_layer_freqs(const eng_v4_ctx *ctx, int32_t layer);
+
+/* The attention half of layer `layer` (eng_v4_attn.c): x (T, D) normed
+ * input at positions pos0..; out (T, D). */
+mls_status eng_v4_attn_forward(eng_v4_ctx *ctx, int32_t layer, eng_v4_layer_state *ls,
+                               const float *x, int32_t T, int32_t pos0, float *out, mls_err *err);
+
+/* The FFN half (eng_v4_moe.c): x (T, D) normed input, ids (T), out (T, D). */
+mls_status eng_v4_moe_forward(eng_v4_ctx *ctx, int32_t layer, const float *x, const int32_t *ids,
+                              int32_t T, float *out, mls_err *err);
+
+/* The compressor (eng_v4_compress.c). kind: the main KV (FP8 nope dims) or
+ * the indexer's keys (Hadamard, FP4). */
+typedef enum {
+    ENG_V4_CMP_KV,
+    ENG_V4_CMP_INDEX,
+} eng_v4_cmp_kind;
+
+/* Fresh partial-block state: kv 0, score -inf. */
+void eng_v4_cmp_state_reset(eng_v4_cmp_state *cs);
+/*
+ * Feed T tokens at positions pos0.. (x (T, D) the attention input): every
+ * completed block appends one entry (d') to entries at *n_entries_p (room
+ * for all of them is the caller's).
+ */
+mls_status eng_v4_compress(eng_v4_ctx *ctx, const eng_v4_compressor *cmp, eng_v4_cmp_kind kind,
+                           int32_t layer, eng_v4_cmp_state *cs, const float *x, int32_t T,
+                           int32_t pos0, float *entries /* (cap, d') */, int32_t *n_entries_p,
+                           mls_err *err);
+
+/*
+ * The lightning indexer (eng_v4_indexer.c) for T queries at pos0..: qr (T, Q)
+ * the normed q LoRA, x (T, D) the attention input, keys (n_keys, Id) the
+ * indexer keys. sel (T, topk) gets each query's chosen entries (descending
+ * score; -1 pads when fewer are visible: entries j < (p+1)/4).
+ */
+mls_status eng_v4_indexer_select(eng_v4_ctx *ctx, int32_t layer, const float *qr, const float *x,
+                                 int32_t T, int32_t pos0, const float *keys, int32_t n_keys,
+                                 int32_t *sel /* (T, topk) */, mls_err *err);
+
+#endif

