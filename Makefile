@@ -2,6 +2,7 @@
 #   make test        install deps, build (warnings as errors), run every test
 #   make test-asan   the same under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make test-tsan   the same under ThreadSanitizer
+#   make fuzz        build the libFuzzer harnesses (clang) and fuzz each for FUZZ_SECONDS
 JOBS ?= $(shell nproc)
 CTEST_ARGS ?=
 
@@ -30,8 +31,21 @@ test-tsan: deps
 	UCX_MEM_EVENTS=no TSAN_OPTIONS=halt_on_error=1 \
 	  ctest --test-dir build-tsan --output-on-failure -j $(JOBS) $(CTEST_ARGS)
 
+# libFuzzer harnesses (tests/fuzz): replay the seed corpus and saved crashes
+# (ctest), then fuzz each harness for FUZZ_SECONDS; the grown corpus stays in
+# build-fuzz/fuzz/corpus, findings go to build-fuzz/fuzz/crashes.
+FUZZ_SECONDS ?= 60
+FUZZ_HARNESSES ?= http oai proto kv_layout model tokenizer
+.PHONY: fuzz
+fuzz:
+	./deploy/install-fuzz-deps.sh
+	cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DMLS_FUZZ=ON -DMLS_CUDA=OFF -DMLS_WERROR=ON
+	cmake --build build-fuzz -j $(JOBS) --target mls_fuzz
+	ctest --test-dir build-fuzz -R '^fuzz_' --output-on-failure
+	tests/fuzz/run.sh build-fuzz $(FUZZ_SECONDS) $(FUZZ_HARNESSES)
+
 clean:
-	rm -rf build build-asan build-tsan
+	rm -rf build build-asan build-tsan build-fuzz
 
 # Start a local cluster (router + 1 prefill + 1 decode) on the demo model; Ctrl-C stops it.
 .PHONY: cluster
