@@ -194,6 +194,9 @@ bool tok_utf8_lossy(const uint8_t *s, size_t n, bool partial, tok_buf *out, size
     if (held_p) {
         *held_p = 0;
     }
+    if (n == 0) {
+        return tok_buf_append(out, "", 0); /* s may be NULL: an empty buffer's data */
+    }
     while (i < n) {
         uint8_t lo, hi;
         if (s[i] < 0x80) {
