@@ -177,7 +177,7 @@ mls_status mls_frame_decoder_next(mls_frame_decoder *dec, const uint8_t **data, 
                 goto out;
             }
         }
-        if (dec->got < dec->want) {
+        if (dec->got < dec->want && n > 0) { /* n == 0: the header ended the input */
             size_t k = dec->want - dec->got;
             if (k > n) {
                 k = n;
