@@ -125,7 +125,7 @@ static void decode_on_reserve(mls_node *n, const Mlaserve__Reserve *m)
     }
     env.msg_case = MLASERVE__ENVELOPE__MSG_RESERVED;
     env.reserved = &r;
-    node_send(n, &env);
+    node_reply(n, &env);
 }
 
 static void decode_on_start(mls_node *n, const Mlaserve__StartDecode *m)

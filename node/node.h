@@ -48,23 +48,26 @@ typedef enum {
     MLS_NODE_ROLE_COLOCATED,
 } mls_node_role;
 
+#define MLS_NODE_MAX_ROUTERS 8 /* routers a node registers with at once */
+
 typedef struct {
     mls_node_role role;
     const char *model_dir;
-    const char *model_name;  /* served name; NULL = basename of model_dir */
-    const char *router_host; /* numeric address of the router's node port */
-    int router_port;
+    const char *model_name;                      /* served name; NULL = basename of model_dir */
+    int n_routers;                               /* routers to register with (at least 1) */
+    char router_hosts[MLS_NODE_MAX_ROUTERS][64]; /* numeric addresses of their node ports */
+    int router_ports[MLS_NODE_MAX_ROUTERS];
     const char *node_id;     /* NULL = role-host-pid */
     const char *listen_host; /* transport + metrics address (numeric) */
     int metrics_port;        /* 0 = pick one */
     kvl_dtype kv_dtype;
-    uint32_t kv_pages;     /* pages per layer in the pool */
-    int threads;           /* compute threads (0 = all cores) */
-    uint32_t max_batch;    /* sequences decoded together at most */
-    int32_t prefill_chunk; /* tokens per prefill chunk */
-    const char *kvx_path;  /* "auto" | "rma" | "am" */
-    eng_device device;     /* where the model runs and the KV pool lives */
-    bool has_cluster_key;  /* cluster_key was read (--cluster-key-file) */
+    uint32_t kv_pages;        /* pages per layer in the pool */
+    int threads;              /* compute threads (0 = all cores) */
+    uint32_t max_batch;       /* sequences decoded together at most */
+    int32_t prefill_chunk;    /* tokens per prefill chunk */
+    const char *kvx_path;     /* "auto" | "rma" | "am" */
+    eng_device device;        /* where the model runs and the KV pool lives */
+    bool has_cluster_key;     /* cluster_key was read (--cluster-key-file) */
     mls_auth_key cluster_key; /* proven to the router on every connection */
 } mls_node_config;
 

@@ -21,7 +21,10 @@ static void node_usage(FILE *out, mls_node_role role)
             "\n"
             "  --model DIR          checkpoint directory (config.json + safetensors)\n"
             "  --model-name NAME    served model id (default: the directory's name)\n"
-            "  --router HOST:PORT   the router's node port (default 127.0.0.1:7100)\n"
+            "  --router HOST:PORT   a router's node port (default 127.0.0.1:7100); repeat it\n"
+            "                       or give a comma-separated list to serve several routers\n"
+            "                       (the node registers with each it reaches and reconnects\n"
+            "                       with backoff)\n"
             "  --role R             prefill | decode | colocated (default %s)\n"
             "  --node-id ID         name in the router's registry (default role-host-pid)\n"
             "  --listen HOST        address for the KV transport and /metrics (default 127.0.0.1)\n"
@@ -39,19 +42,42 @@ static void node_usage(FILE *out, mls_node_role role)
             name, name, name);
 }
 
+/* One or more comma-separated HOST:PORT, added to the node's routers. */
 static int node_parse_router(const char *arg, mls_node_config *cfg)
 {
-    static char router_host[64];
-    const char *colon = strrchr(arg, ':');
+    const char *p = arg;
 
-    if (colon == NULL || colon == arg || (size_t)(colon - arg) >= sizeof(router_host)) {
-        fprintf(stderr, "--router wants HOST:PORT\n");
-        return 2;
+    while (*p != '\0') {
+        const char *end = strchr(p, ',');
+        size_t len = end != NULL ? (size_t)(end - p) : strlen(p);
+        const char *colon = NULL;
+        char *num_end;
+        long port;
+        int i = cfg->n_routers;
+
+        for (size_t k = 0; k < len; k++) { /* the last ':' (IPv6 hosts hold more) */
+            colon = p[k] == ':' ? p + k : colon;
+        }
+        if (i == MLS_NODE_MAX_ROUTERS) {
+            fprintf(stderr, "--router: at most %d routers\n", MLS_NODE_MAX_ROUTERS);
+            return 2;
+        }
+        if (colon == NULL || colon == p || (size_t)(colon - p) >= sizeof(cfg->router_hosts[0])) {
+            fprintf(stderr, "--router wants HOST:PORT[,HOST:PORT...]\n");
+            return 2;
+        }
+        port = strtol(colon + 1, &num_end, 10);
+        if (num_end != p + len || port <= 0 || port > 65535) {
+            fprintf(stderr, "--router: bad port in '%.*s'\n", (int)len, p);
+            return 2;
+        }
+        memcpy(cfg->router_hosts[i], p, (size_t)(colon - p));
+        cfg->router_hosts[i][colon - p] = '\0';
+        cfg->router_ports[i] = (int)port;
+        cfg->n_routers++;
+        p += len;
+        p += *p == ',';
     }
-    memcpy(router_host, arg, (size_t)(colon - arg));
-    router_host[colon - arg] = '\0';
-    cfg->router_host = router_host;
-    cfg->router_port = atoi(colon + 1);
     return -1;
 }
 
@@ -165,10 +191,14 @@ int mls_node_parse_args(int argc, char **argv, mls_node_role default_role, mls_n
         node_usage(stderr, default_role);
         return 2;
     }
-    if (cfg->kv_pages == 0 || cfg->max_batch == 0 || cfg->max_batch > 1024 ||
-        cfg->router_port <= 0) {
-        fprintf(stderr, "--kv-pages, --max-batch (1..1024) and --router need sensible values\n");
+    if (cfg->kv_pages == 0 || cfg->max_batch == 0 || cfg->max_batch > 1024) {
+        fprintf(stderr, "--kv-pages and --max-batch (1..1024) need sensible values\n");
         return 2;
+    }
+    if (cfg->n_routers == 0) {
+        snprintf(cfg->router_hosts[0], sizeof(cfg->router_hosts[0]), "127.0.0.1");
+        cfg->router_ports[0] = 7100;
+        cfg->n_routers = 1;
     }
     if (key_file != NULL && key_file[0] != '\0') {
         if (mls_auth_key_load(key_file, &cfg->cluster_key, &err) != MLS_OK) {

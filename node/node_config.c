@@ -10,8 +10,7 @@ void mls_node_config_default(mls_node_config *cfg)
 {
     memset(cfg, 0, sizeof(*cfg));
     cfg->role = MLS_NODE_ROLE_DECODE;
-    cfg->router_host = "127.0.0.1";
-    cfg->router_port = 7100;
+    cfg->n_routers = 0; /* none given: 127.0.0.1:7100 (node_cli.c) */
     cfg->listen_host = "127.0.0.1";
     cfg->kv_dtype = KVL_DTYPE_BF16;
     cfg->kv_pages = 512;

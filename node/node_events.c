@@ -31,7 +31,7 @@ static void node_on_first(mls_node *n, const node_event *ev)
     m.n_prompt_tokens = ev->prompt_tokens;
     env.msg_case = MLASERVE__ENVELOPE__MSG_FIRST_TOKEN;
     env.first_token = &m;
-    node_send(n, &env);
+    node_job_send(n, ev->job, &env);
 }
 
 static void node_on_token(mls_node *n, const node_event *ev)
@@ -55,7 +55,7 @@ static void node_on_token(mls_node *n, const node_event *ev)
     m.logprobs = (float *)&ev->logprob;
     env.msg_case = MLASERVE__ENVELOPE__MSG_TOKEN_CHUNK;
     env.token_chunk = &m;
-    node_send(n, &env);
+    node_job_send(n, ev->job, &env);
 }
 
 static void node_on_finish(mls_node *n, const node_event *ev)
@@ -69,7 +69,7 @@ static void node_on_finish(mls_node *n, const node_event *ev)
     m.completion_tokens = ev->completion_tokens;
     env.msg_case = MLASERVE__ENVELOPE__MSG_FINISH;
     env.finish = &m;
-    node_send(n, &env);
+    node_job_send(n, ev->job, &env);
     atomic_fetch_add(&n->requests_finished, 1);
 }
 

@@ -26,6 +26,7 @@ node_job *node_job_new(mls_node *n, uint64_t rid)
         return NULL;
     }
     job->rid = rid;
+    job->link = n->cur_link;
     eng_seq_init(&job->seq);
     atomic_init(&job->cancelled, false);
     job->t_created_ns = mls_now_ns();
@@ -77,11 +78,28 @@ void node_job_cancel(mls_node *n, node_job *job)
     node_compute_kick(n);
 }
 
+void node_send_link(mls_node *n, node_link *l, const Mlaserve__Envelope *env)
+{
+    if (l != NULL && l->conn != NULL && l->registered) {
+        mls_conn_send(l->conn, env);
+    }
+}
+
 void node_send(mls_node *n, const Mlaserve__Envelope *env)
 {
-    if (n->router != NULL && n->registered) {
-        mls_conn_send(n->router, env);
+    for (int i = 0; i < n->n_links; i++) {
+        node_send_link(n, &n->links[i], env);
     }
+}
+
+void node_reply(mls_node *n, const Mlaserve__Envelope *env)
+{
+    node_send_link(n, n->cur_link, env);
+}
+
+void node_job_send(mls_node *n, const node_job *job, const Mlaserve__Envelope *env)
+{
+    node_send_link(n, job->link, env);
 }
 
 void node_send_error(mls_node *n, uint64_t rid, mls_status st, const char *msg)
@@ -89,8 +107,10 @@ void node_send_error(mls_node *n, uint64_t rid, mls_status st, const char *msg)
     Mlaserve__Envelope env = MLASERVE__ENVELOPE__INIT;
     Mlaserve__Error e = MLASERVE__ERROR__INIT;
 
+    node_job *job = rid != 0 ? node_job_find(n, rid) : NULL;
+
     mls_proto_error_init(&env, &e, rid, st, msg);
-    node_send(n, &env);
+    node_send_link(n, job != NULL ? job->link : n->cur_link, &env);
 }
 
 void node_job_fail(mls_node *n, node_job *job, mls_status st, const char *msg)

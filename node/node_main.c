@@ -22,7 +22,7 @@ static void node_on_drain_tick(uv_timer_t *t)
 {
     mls_node *n = t->data;
 
-    if (n->jobs == NULL || mls_now_ns() > n->drain_deadline_ns || n->router == NULL) {
+    if (n->jobs == NULL || mls_now_ns() > n->drain_deadline_ns || !node_link_any_connected(n)) {
         if (n->jobs != NULL) {
             mls_warn("node %s: drain deadline passed with requests still open", n->node_id);
         }
@@ -45,7 +45,7 @@ static void node_on_signal(uv_signal_t *s, int signum)
     if (n->stopping) {
         return;
     }
-    if (n->draining || n->jobs == NULL || !n->registered) {
+    if (n->draining || n->jobs == NULL || !node_link_any_registered(n)) {
         mls_info("node %s: signal %d, shutting down", n->node_id, signum);
         n->stopping = true;
         uv_stop(&n->loop);

@@ -145,8 +145,9 @@ void node_metrics_on_http(mls_http_req *req, void *user)
     size_t len = 0;
 
     if (strcmp(path, "/health") == 0) {
-        const char *ok = n->registered ? "{\"status\":\"ok\"}" : "{\"status\":\"starting\"}";
-        mls_http_req_respond(req, n->registered ? 200 : 503, "application/json", ok, strlen(ok));
+        bool up = node_link_any_registered(n);
+        const char *ok = up ? "{\"status\":\"ok\"}" : "{\"status\":\"starting\"}";
+        mls_http_req_respond(req, up ? 200 : 503, "application/json", ok, strlen(ok));
         return;
     }
     if (strcmp(path, "/metrics") != 0) {

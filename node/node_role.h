@@ -47,7 +47,8 @@ typedef struct node_job {
     int32_t last_token;    /* compute: next token to feed */
     uint32_t *pages;       /* (n_pages) reserved pages (decode) / remote ids (prefill) */
     uint32_t n_pages;
-    bool failed; /* loop: an Error went to the router: send nothing else */
+    bool failed;            /* loop: an Error went to the router: send nothing else */
+    struct node_link *link; /* loop: the router that sent the request */
     /* decode role, loop thread */
     bool kv_ready;
     bool start_received;
@@ -96,6 +97,27 @@ typedef struct node_event {
 typedef struct mls_node mls_node;
 
 /*
+ * One router the node registers with. A node serves every router it reaches;
+ * each router owns the requests it sent (a job remembers its link). Loop.
+ */
+typedef struct node_link {
+    mls_node *n;
+    int index;
+    const char *host; /* numeric */
+    int port;
+    mls_conn *conn; /* NULL while disconnected */
+    bool registered;
+    uint32_t backoff_ms; /* next reconnect delay (doubles to a cap, reset on register) */
+    uv_timer_t reconnect_timer;
+    uv_timer_t deadline_timer; /* connected but not registered in time: drop and redial */
+    uv_timer_t heartbeat_timer;
+    uint32_t heartbeat_ms;
+    uint64_t report_seq;
+    uint64_t last_report_ns;
+    uint64_t last_report_tokens;
+} node_link;
+
+/*
  * What a role plugs into the runtime. Every member may be NULL (nothing to
  * do). The runtime calls the roles of a node in a fixed order: prefill, then
  * decode.
@@ -142,13 +164,11 @@ struct mls_node {
     /* transport (prefill and decode roles) */
     kvx_ctx *kvx;
     char xfer_addr[80]; /* decode: "host:port" the prefill nodes dial */
-    /* router connection (loop) */
-    mls_conn *router;
-    bool registered;
-    uv_timer_t reconnect_timer;
-    uv_timer_t heartbeat_timer;
-    uint32_t heartbeat_ms;
-    uint64_t report_seq;
+    /* router links (loop): one per configured router, each registered on its own */
+    node_link links[MLS_NODE_MAX_ROUTERS];
+    int n_links;
+    node_link *cur_link;   /* the link whose message is being handled (NULL outside) */
+    uv_timer_t tick_timer; /* roles' on_tick, once a second */
     /* metrics endpoint (loop) */
     mls_http_server *http;
     int metrics_port;
@@ -191,7 +211,8 @@ struct mls_node {
 /* ---- job registry (node_jobs.c; loop) ---- */
 
 node_job *node_job_find(mls_node *n, uint64_t rid);
-/* A new job in the registry; NULL when out of memory. */
+/* A new job in the registry, owned by the router whose message is being
+ * handled (n->cur_link); NULL when out of memory. */
 node_job *node_job_new(mls_node *n, uint64_t rid);
 /* Out of the registry; releases its transport request, pages and memory. */
 void node_job_free(mls_node *n, node_job *job);
@@ -202,8 +223,16 @@ void node_job_cancel(mls_node *n, node_job *job);
 
 /* ---- messages to the router (node_jobs.c; loop) ---- */
 
-/* Sent only while registered; dropped otherwise. */
+/* To every router the node is registered with (Drain). */
 void node_send(mls_node *n, const Mlaserve__Envelope *env);
+/* To one router, while registered with it; dropped otherwise. */
+void node_send_link(mls_node *n, node_link *l, const Mlaserve__Envelope *env);
+/* The answer to the message being handled: to the router that sent it. */
+void node_reply(mls_node *n, const Mlaserve__Envelope *env);
+/* A message about one request: to the router that owns it. */
+void node_job_send(mls_node *n, const node_job *job, const Mlaserve__Envelope *env);
+/* An Error about request rid: to the router that owns its job, else to the
+ * router whose message is being handled. */
 void node_send_error(mls_node *n, uint64_t rid, mls_status st, const char *msg);
 /* An Error for the job unless one went already; counts the failure. */
 void node_job_fail(mls_node *n, node_job *job, mls_status st, const char *msg);
@@ -263,7 +292,10 @@ void node_metrics_on_http(mls_http_req *req, void *user);
 
 void node_link_start(mls_node *n);
 void node_link_stop(mls_node *n);
-/* The router is gone or the node stops: every open job is cancelled. */
+/* Registered with at least one router / connected to at least one. */
+bool node_link_any_registered(const mls_node *n);
+bool node_link_any_connected(const mls_node *n);
+/* The node stops: every open job is cancelled. */
 void node_cancel_all(mls_node *n);
 
 #endif

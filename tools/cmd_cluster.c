@@ -2,8 +2,13 @@
  * cmd_cluster.c - `mlaserve cluster up`: a whole cluster on this machine.
  *
  * Starts mlaserve-router and N prefill + M decode nodes (or M colocated nodes)
- * as child processes, waits until the router reports capacity, prints the URL
- * and an example request, and stops everything cleanly on Ctrl-C / SIGTERM.
+ * as child processes, waits until the router is ready (a prefill and a decode
+ * path), prints the URL and an example request, and stops everything cleanly
+ * on Ctrl-C / SIGTERM. The ports are picked once at start (free ones where 0
+ * is asked) and kept, and the children are supervised: one that dies is
+ * restarted on the same ports and arguments with backoff (0.2 s doubling to
+ * 10 s; reset after 30 s of life), and says so - a killed router is back on
+ * the same URL and its nodes re-register within seconds.
  * Without --model it serves the project's demo model (generated on first use
  * with `mlaserve genmodel --preset demo`: random weights, a BPE tokenizer
  * trained by the project), so a fresh clone needs nothing else.
@@ -28,11 +33,20 @@
 #include "mls_cli.h"
 
 #define CL_MAX_CHILDREN 34
+#define CL_MAX_ARGS 40
+#define CL_BACKOFF_FIRST_MS 200
+#define CL_BACKOFF_MAX_MS 10000
+#define CL_STABLE_MS 30000 /* a child that lived this long restarts at the first backoff */
 
 typedef struct {
-    pid_t pid;
+    pid_t pid;            /* 0 while not running */
     char role[16];
     char name[32];
+    char *argv[CL_MAX_ARGS]; /* owned copies, NULL-terminated: a restart runs the same */
+    uint64_t started_ns;
+    uint64_t restart_at_ns; /* while pid == 0: when to start again (0 = never) */
+    uint32_t backoff_ms;
+    int restarts;
 } cl_child;
 
 typedef struct {
@@ -40,7 +54,8 @@ typedef struct {
     const char *host;
     const char *kv_dtype;
     const char *state_file;
-    int port;
+    int port;      /* router HTTP port (0: a free one, picked once) */
+    int node_port; /* the port nodes dial (0: a free one, picked once) */
     int n_prefill;
     int n_decode;
     int threads;
@@ -75,7 +90,9 @@ static void cl_usage(FILE *out)
             "  --prefill N        prefill nodes (default 1)\n"
             "  --decode M         decode nodes (default 1)\n"
             "  --colocated        M colocated nodes (prefill+decode in one process) instead\n"
-            "  --port P           router HTTP port (default 8000; 0 = any)\n"
+            "  --port P           router HTTP port (default 8000; 0 = a free one, kept across\n"
+            "                     router restarts)\n"
+            "  --node-port P      port the nodes dial (default: a free one, kept)\n"
             "  --host ADDR        listen address (default 127.0.0.1)\n"
             "  --kv-dtype D       f32 | bf16 | fp8 (default bf16)\n"
             "  --kv-pages N       KV pages per node (default 512)\n"
@@ -86,28 +103,82 @@ static void cl_usage(FILE *out)
             "                     default: a fresh one in a private directory, removed at exit\n");
 }
 
-static int cl_spawn(cl_cluster *c, const char *role, const char *name, char *const argv[])
+static uint64_t cl_now_ns(void)
 {
-    pid_t pid;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 
-    if (c->n_kids == CL_MAX_CHILDREN) {
-        return -1;
-    }
-    pid = fork();
+/* Start (or restart) child k from its saved arguments. */
+static int cl_start(cl_child *k)
+{
+    pid_t pid = fork();
+
     if (pid < 0) {
         return -1;
     }
     if (pid == 0) {
         setpgid(0, 0); /* Ctrl-C reaches us only; we stop the children in order */
-        execv(argv[0], argv);
-        fprintf(stderr, "cluster: cannot run %s: %s\n", argv[0], strerror(errno));
+        execv(k->argv[0], k->argv);
+        fprintf(stderr, "cluster: cannot run %s: %s\n", k->argv[0], strerror(errno));
         _exit(127);
     }
-    c->kids[c->n_kids].pid = pid;
-    snprintf(c->kids[c->n_kids].role, sizeof(c->kids[0].role), "%s", role);
-    snprintf(c->kids[c->n_kids].name, sizeof(c->kids[0].name), "%s", name);
-    c->n_kids++;
+    k->pid = pid;
+    k->started_ns = cl_now_ns();
+    k->restart_at_ns = 0;
     return 0;
+}
+
+static int cl_spawn(cl_cluster *c, const char *role, const char *name, char *const argv[])
+{
+    cl_child *k;
+    int n = 0;
+
+    if (c->n_kids == CL_MAX_CHILDREN) {
+        return -1;
+    }
+    k = &c->kids[c->n_kids];
+    memset(k, 0, sizeof(*k));
+    for (; argv[n] != NULL; n++) {
+        if (n + 1 == CL_MAX_ARGS || (k->argv[n] = strdup(argv[n])) == NULL) {
+            return -1;
+        }
+    }
+    snprintf(k->role, sizeof(k->role), "%s", role);
+    snprintf(k->name, sizeof(k->name), "%s", name);
+    k->backoff_ms = CL_BACKOFF_FIRST_MS;
+    c->n_kids++;
+    return cl_start(k);
+}
+
+static void cl_free_kids(cl_cluster *c)
+{
+    for (int i = 0; i < c->n_kids; i++) {
+        for (int a = 0; c->kids[i].argv[a] != NULL; a++) {
+            free(c->kids[i].argv[a]);
+        }
+    }
+    c->n_kids = 0;
+}
+
+/* A free TCP port on host (bound and released: the children bind it next). */
+static int cl_free_port(const char *host)
+{
+    struct sockaddr_in sa = {0};
+    socklen_t len = sizeof(sa);
+    int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
+
+    if (fd < 0) {
+        return -1;
+    }
+    sa.sin_family = AF_INET;
+    if (inet_pton(AF_INET, host, &sa.sin_addr) == 1 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+        getsockname(fd, (struct sockaddr *)&sa, &len) == 0) {
+        port = ntohs(sa.sin_port);
+    }
+    close(fd);
+    return port;
 }
 
 static void cl_stop_all(cl_cluster *c)
@@ -171,19 +242,6 @@ static int cl_http_get(const char *host, int port, const char *path)
     return status;
 }
 
-static int cl_read_ports(const char *file, int *http_p, int *node_p)
-{
-    FILE *f = fopen(file, "r");
-    int ok;
-
-    if (f == NULL) {
-        return -1;
-    }
-    ok = fscanf(f, "%d %d", http_p, node_p) == 2 ? 0 : -1;
-    fclose(f);
-    return ok;
-}
-
 static int cl_ensure_demo_model(cl_cluster *c, const char *dir)
 {
     char path[PATH_MAX], exe[PATH_MAX + 16];
@@ -220,7 +278,7 @@ static int cl_parse(int argc, char **argv, cl_cluster *c)
         {"kv-dtype", required_argument, NULL, 'k'}, {"kv-pages", required_argument, NULL, 'K'},
         {"max-batch", required_argument, NULL, 'b'}, {"threads", required_argument, NULL, 'j'},
         {"state-file", required_argument, NULL, 's'}, {"help", no_argument, NULL, 'h'},
-        {"cluster-key-file", required_argument, NULL, 'Y'},
+        {"cluster-key-file", required_argument, NULL, 'Y'}, {"node-port", required_argument, NULL, 'n'},
         {NULL, 0, NULL, 0}};
     int o;
 
@@ -239,6 +297,7 @@ static int cl_parse(int argc, char **argv, cl_cluster *c)
         case 'j': c->threads = atoi(optarg); break;
         case 's': c->state_file = optarg; break;
         case 'Y': c->key_file = optarg; break;
+        case 'n': c->node_port = atoi(optarg); break;
         case 'h': cl_usage(stdout); return 0;
         default: cl_usage(stderr); return 2;
         }
@@ -248,7 +307,7 @@ static int cl_parse(int argc, char **argv, cl_cluster *c)
         return 2;
     }
     if (c->n_decode < 1 || c->n_prefill < (c->colocated ? 0 : 1) || c->n_prefill + c->n_decode > 32 ||
-        c->port < 0 || c->kv_pages < 1 || c->max_batch < 1) {
+        c->port < 0 || c->port > 65535 || c->node_port < 0 || c->node_port > 65535 || c->kv_pages < 1 || c->max_batch < 1) {
         fprintf(stderr, "cluster: need 1..32 nodes (at least one decode and, unless --colocated, one "
                         "prefill), a valid port, --kv-pages and --max-batch >= 1\n");
         return 2;
@@ -256,11 +315,18 @@ static int cl_parse(int argc, char **argv, cl_cluster *c)
     return -1;
 }
 
+/* The state file (URL, ports, children with their current pids, the key),
+ * replaced whole (write + rename) so a reader never sees half of it. */
 static void cl_write_state(const cl_cluster *c, int http_port, int node_port)
 {
+    char tmp[PATH_MAX + 8];
     FILE *f;
 
-    if (c->state_file == NULL || (f = fopen(c->state_file, "w")) == NULL) {
+    if (c->state_file == NULL) {
+        return;
+    }
+    snprintf(tmp, sizeof(tmp), "%.4000s.tmp", c->state_file);
+    if ((f = fopen(tmp, "w")) == NULL) {
         return;
     }
     fprintf(f, "{\"url\":\"http://%s:%d\",\"http_port\":%d,\"node_port\":%d,\"nodes\":[", c->host, http_port,
@@ -270,7 +336,9 @@ static void cl_write_state(const cl_cluster *c, int http_port, int node_port)
                 c->kids[i].name, (int)c->kids[i].pid);
     }
     fprintf(f, "],\"cluster_key_file\":\"%s\"}\n", c->key_file);
-    fclose(f);
+    if (fclose(f) != 0 || rename(tmp, c->state_file) != 0) {
+        unlink(tmp);
+    }
 }
 
 /* The cluster key: --cluster-key-file, or a fresh one (mode 0600) in a new
@@ -308,10 +376,56 @@ static void cl_key_remove(cl_cluster *c)
     }
 }
 
+/*
+ * Until a signal: restart every child that dies, on its saved arguments, after
+ * its backoff (doubled on each quick death, reset once it lived CL_STABLE_MS),
+ * saying so; the state file follows the new pids.
+ */
+static void cl_supervise(cl_cluster *c, int http_port, int node_port)
+{
+    while (!cl_stop) {
+        uint64_t now = cl_now_ns();
+        int status;
+        pid_t pid = waitpid(-1, &status, WNOHANG);
+
+        for (int i = 0; pid > 0 && i < c->n_kids; i++) {
+            cl_child *k = &c->kids[i];
+            if (k->pid != pid) {
+                continue;
+            }
+            if (now - k->started_ns >= (uint64_t)CL_STABLE_MS * 1000000ull) {
+                k->backoff_ms = CL_BACKOFF_FIRST_MS;
+            }
+            fprintf(stderr, "cluster: %s exited (%s %d); restarting in %u ms\n", k->name,
+                    WIFSIGNALED(status) ? "signal" : "status",
+                    WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status), k->backoff_ms);
+            k->pid = 0;
+            k->restart_at_ns = now + (uint64_t)k->backoff_ms * 1000000ull;
+            k->backoff_ms = k->backoff_ms * 2 < CL_BACKOFF_MAX_MS ? k->backoff_ms * 2 : CL_BACKOFF_MAX_MS;
+        }
+        for (int i = 0; i < c->n_kids; i++) {
+            cl_child *k = &c->kids[i];
+            if (k->pid == 0 && k->restart_at_ns != 0 && now >= k->restart_at_ns) {
+                if (cl_start(k) == 0) {
+                    k->restarts++;
+                    fprintf(stderr, "cluster: %s restarted (pid %d, restart %d)\n", k->name, (int)k->pid,
+                            k->restarts);
+                    cl_write_state(c, http_port, node_port);
+                } else {
+                    k->restart_at_ns = now + (uint64_t)k->backoff_ms * 1000000ull;
+                }
+            }
+        }
+        if (pid <= 0) {
+            usleep(100000);
+        }
+    }
+}
+
 int mls_cmd_cluster(int argc, char **argv)
 {
     cl_cluster c = {0};
-    char exe[PATH_MAX], port_file[64], router_addr[64], model_buf[PATH_MAX];
+    char exe[PATH_MAX], router_addr[64], model_buf[PATH_MAX];
     int http_port = -1, node_port = -1, rc, n_nodes, threads;
     struct sigaction sa = {0};
     ssize_t len;
@@ -354,29 +468,29 @@ int mls_cmd_cluster(int argc, char **argv)
     if (cl_key_setup(&c) != 0) {
         return 1;
     }
-    snprintf(port_file, sizeof(port_file), "/tmp/mlaserve-cluster-%d.ports", (int)getpid());
-    unlink(port_file);
+    /* the ports, once: the router keeps them across restarts, so its URL and
+     * the address its nodes dial never change */
+    http_port = c.port > 0 ? c.port : cl_free_port(c.host);
+    node_port = c.node_port > 0 ? c.node_port : cl_free_port(c.host);
+    if (http_port <= 0 || node_port <= 0 || http_port == node_port) {
+        fprintf(stderr, "cluster: cannot find free ports on %s\n", c.host);
+        cl_key_remove(&c);
+        return 1;
+    }
     {
-        char bin[PATH_MAX + 32], port[16];
+        char bin[PATH_MAX + 32], port[16], nport[16];
         snprintf(bin, sizeof(bin), "%s/mlaserve-router", c.bin_dir);
-        snprintf(port, sizeof(port), "%d", c.port);
+        snprintf(port, sizeof(port), "%d", http_port);
+        snprintf(nport, sizeof(nport), "%d", node_port);
         char *argv_r[] = {bin, "--tokenizer", (char *)c.model, "--host", (char *)c.host, "--port", port,
-                          "--node-port", "0", "--port-file", port_file, "--cluster-key-file",
-                          (char *)c.key_file, c.colocated ? "--colocated-only" : NULL, NULL};
+                          "--node-port", nport, "--cluster-key-file", (char *)c.key_file,
+                          c.colocated ? "--colocated-only" : NULL, NULL};
         if (cl_spawn(&c, "router", "router", argv_r) != 0) {
+            cl_stop_all(&c);
+            cl_free_kids(&c);
             cl_key_remove(&c);
             return 1;
         }
-    }
-    for (int i = 0; i < 100 && !cl_stop && cl_read_ports(port_file, &http_port, &node_port) != 0; i++) {
-        usleep(100000);
-    }
-    unlink(port_file);
-    if (http_port < 0) {
-        fprintf(stderr, "cluster: the router did not start\n");
-        cl_stop_all(&c);
-        cl_key_remove(&c);
-        return 1;
     }
     snprintf(router_addr, sizeof(router_addr), "%s:%d", c.host, node_port);
     for (int i = 0; i < n_nodes; i++) {
@@ -393,17 +507,19 @@ int mls_cmd_cluster(int argc, char **argv)
                           "--cluster-key-file", (char *)c.key_file, NULL};
         if (cl_spawn(&c, role, name, argv_n) != 0) {
             cl_stop_all(&c);
+            cl_free_kids(&c);
             cl_key_remove(&c);
             return 1;
         }
     }
-    /* ready when the router has decode capacity */
-    for (int i = 0; i < 600 && !cl_stop && cl_http_get(c.host, http_port, "/health") != 200; i++) {
+    /* ready when the router has a prefill and a decode path */
+    for (int i = 0; i < 600 && !cl_stop && cl_http_get(c.host, http_port, "/ready") != 200; i++) {
         usleep(100000);
     }
-    if (cl_stop || cl_http_get(c.host, http_port, "/health") != 200) {
+    if (cl_stop || cl_http_get(c.host, http_port, "/ready") != 200) {
         fprintf(stderr, "cluster: the nodes did not come up\n");
         cl_stop_all(&c);
+        cl_free_kids(&c);
         cl_key_remove(&c);
         return 1;
     }
@@ -422,33 +538,15 @@ int mls_cmd_cluster(int argc, char **argv)
                "             -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hello!\"}],\"max_tokens\":32}'\n"
                "  nodes:   more can join: mlaserve-decode --model DIR --router %s:%d \\\n"
                "             --cluster-key-file %s\n"
-               "Ctrl-C stops the cluster.\n",
+               "Ctrl-C stops the cluster; a child that dies is restarted.\n",
                nodes, realpath(c.model, real) ? real : c.model, c.host, http_port, c.host, http_port, c.host,
                http_port, c.host, node_port, c.key_file);
     }
     fflush(stdout);
-    /* supervise: report children that die; stop on a signal */
-    while (!cl_stop) {
-        int status;
-        pid_t pid = waitpid(-1, &status, WNOHANG);
-        if (pid > 0) {
-            for (int i = 0; i < c.n_kids; i++) {
-                if (c.kids[i].pid == pid) {
-                    fprintf(stderr, "cluster: %s exited (%s %d)\n", c.kids[i].name,
-                            WIFSIGNALED(status) ? "signal" : "status",
-                            WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
-                    c.kids[i].pid = 0;
-                    if (strcmp(c.kids[i].role, "router") == 0) {
-                        cl_stop = 1;
-                    }
-                }
-            }
-            continue;
-        }
-        usleep(200000);
-    }
+    cl_supervise(&c, http_port, node_port);
     fprintf(stderr, "cluster: stopping\n");
     cl_stop_all(&c);
+    cl_free_kids(&c);
     if (c.state_file != NULL) {
         unlink(c.state_file);
     }
