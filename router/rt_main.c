@@ -13,6 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "mls_log.h"
 #include "rt_api.h"
@@ -434,6 +437,16 @@ int main(int argc, char **argv)
     if (rt_metrics_init(&rt, &err) != MLS_OK) {
         fprintf(stderr, "mlaserve-router: metrics: %s\n", err.msg);
         goto out;
+    }
+    /* Request ids start at a random 32-bit epoch: a node serving several
+     * routers, or a router restarted while its nodes still hold requests of
+     * the old one, never sees two requests with one id. */
+    {
+        uint32_t epoch = 0;
+        if (getrandom(&epoch, sizeof(epoch), 0) != (ssize_t)sizeof(epoch)) {
+            epoch = (uint32_t)time(NULL) ^ (uint32_t)getpid();
+        }
+        rt.next_rid = (uint64_t)(epoch | 1u) << 32;
     }
     rt_requests_init(&rt);
     if (rt_nodes_listen(&rt, &err) != MLS_OK) {
