@@ -15,11 +15,15 @@
  *   x     += o;  x += ffn(rmsnorm(x))   (dense MLP, or routed + shared experts)
  *
  * The cache is only ever read as latent rows: decode never decompresses it.
+ *
+ * A DeepSeek-V4 model's context hands eng_prefill / eng_decode_step to
+ * eng_v4_forward.c with the sequence's own state (eng_seq.v4).
  */
 #include <math.h>
 #include <string.h>
 
 #include "eng_internal.h"
+#include "eng_v4_forward.h"
 #include "mls_alloc.h"
 #include "mls_log.h"
 #include "mls_num.h"
@@ -56,6 +60,7 @@ typedef struct {
 
 struct eng_ctx {
     const eng_model *model;
+    eng_v4_ctx *v4;           /* DeepSeek-V4 models: their forward pass (eng_v4_forward.c) */
     eng_kv_pool *pool;
     const eng_backend_ops *be;
     void *bctx;               /* the backend's context (CPU: the kc_pool) */
@@ -149,11 +154,44 @@ static mls_status eng_ctx_reserve(eng_ctx *ctx, int32_t T)
     return MLS_OK;
 }
 
+/* A DeepSeek-V4 model's context: the CPU, no pool (the state is per sequence). */
+static mls_status eng_ctx_create_v4(const eng_model *model, eng_kv_pool *pool,
+                                    const eng_ctx_opts *opts, eng_ctx **ctx_p, mls_err *err)
+{
+    eng_ctx *ctx;
+    mls_status st;
+
+    if (opts->device != ENG_DEVICE_CPU) {
+        mls_err_set(err, "engine: DeepSeek-V4 models run on the CPU only (not %s) for now",
+                    eng_device_name(opts->device));
+        return MLS_ERR_UNSUPPORTED;
+    }
+    if (pool != NULL) {
+        mls_err_set(err, "engine: a DeepSeek-V4 model keeps its KV state per sequence, not in a "
+                    "latent KV pool (pass none)");
+        return MLS_ERR_INVALID_ARG;
+    }
+    if ((ctx = mls_alloc(MLS_ALLOC_TAG_SCRATCH, sizeof(*ctx))) == NULL) {
+        mls_err_set(err, "engine: out of memory for a context");
+        return MLS_ERR_NO_MEMORY;
+    }
+    if ((st = eng_v4_ctx_create(model->v4, opts->n_threads, &ctx->v4, err)) != MLS_OK) {
+        mls_free(MLS_ALLOC_TAG_SCRATCH, ctx, sizeof(*ctx));
+        return st;
+    }
+    ctx->model = model;
+    ctx->be = &eng_backend_cpu;
+    ctx->loc = ENG_LOC_HOST;
+    ctx->chunk = 256;
+    *ctx_p = ctx;
+    return MLS_OK;
+}
+
 mls_status eng_ctx_create_opts(const eng_model *model, eng_kv_pool *pool,
                                const eng_ctx_opts *opts, eng_ctx **ctx_p, mls_err *err)
 {
     const eng_config *c = &model->cfg;
-    const kvl_layout *layout = eng_kv_pool_layout(pool);
+    const kvl_layout *layout;
     eng_ctx_opts cpu = {0, ENG_DEVICE_CPU, 0};
     const eng_backend_ops *be;
     void *bctx = NULL;
@@ -163,6 +201,10 @@ mls_status eng_ctx_create_opts(const eng_model *model, eng_kv_pool *pool,
     if (opts == NULL) {
         opts = &cpu;
     }
+    if (model->v4 != NULL) {
+        return eng_ctx_create_v4(model, pool, opts, ctx_p, err);
+    }
+    layout = eng_kv_pool_layout(pool);
     if (layout->kv_lora_rank != (uint32_t)c->kv_lora_rank ||
         layout->rope_dim != (uint32_t)c->qk_rope_head_dim ||
         eng_kv_pool_layers(pool) != c->num_hidden_layers) {
@@ -232,6 +274,7 @@ void eng_ctx_destroy(eng_ctx *ctx)
     if (ctx == NULL) {
         return;
     }
+    eng_v4_ctx_destroy(ctx->v4);
     ctx->be->ctx_destroy(ctx->bctx);
     mls_free(MLS_ALLOC_TAG_SCRATCH, ctx->scratch_mem, ctx->scratch_bytes);
     ctx->be->mem_free(MLS_ALLOC_TAG_SCRATCH, ctx->mla_ws, ctx->mla_ws_bytes);
@@ -552,6 +595,44 @@ static bool eng_seq_has_room(const eng_seq *seq, int32_t n_tokens)
     return (int64_t)seq->n_pages * KVL_PAGE_TOKENS >= (int64_t)n_tokens;
 }
 
+/* ---- DeepSeek-V4 ---------------------------------------------------------------- */
+
+/* ids[n] of seq through the V4 forward pass in chunks of ctx->chunk; logits as
+ * eng_prefill's (all_logits: every row; else the last token's; NULL: none). */
+static mls_status eng_forward_v4(eng_ctx *ctx, eng_seq *seq, const int32_t *ids, int32_t n,
+                                 bool all_logits, float *logits_out)
+{
+    int32_t V = ctx->model->cfg.vocab_size;
+    mls_status st;
+
+    if (seq->v4 == NULL) {
+        if (seq->n_tokens != 0) {
+            mls_error("engine: a DeepSeek-V4 sequence of %d tokens has no state", seq->n_tokens);
+            return MLS_ERR_INVALID_ARG;
+        }
+        if ((st = eng_v4_state_create(ctx->model->v4, &seq->v4)) != MLS_OK) {
+            mls_error("engine: out of memory for a DeepSeek-V4 sequence state");
+            return st;
+        }
+    }
+    for (int32_t off = 0; off < n; off += ctx->chunk) {
+        int32_t T = n - off < ctx->chunk ? n - off : ctx->chunk;
+        float *out = NULL;
+        if (logits_out != NULL && all_logits) {
+            out = logits_out + (size_t)off * V;
+        } else if (logits_out != NULL && off + T == n) {
+            out = logits_out;
+        }
+        if ((st = eng_v4_forward(ctx->v4, seq->v4, ids + off, T, all_logits, out, &ctx->err)) !=
+            MLS_OK) {
+            mls_error("engine: %s", ctx->err.msg);
+            return st;
+        }
+        seq->n_tokens = seq->v4->n_tokens;
+    }
+    return MLS_OK;
+}
+
 mls_status eng_prefill(eng_ctx *ctx, eng_seq *seq, const int32_t *ids, int32_t n,
                        bool all_logits, float *logits_out, eng_layer_done_fn layer_done,
                        void *layer_done_arg)
@@ -559,6 +640,16 @@ mls_status eng_prefill(eng_ctx *ctx, eng_seq *seq, const int32_t *ids, int32_t n
     const eng_config *c = &ctx->model->cfg;
     eng_seq *seqs[1] = {seq};
     mls_status st;
+
+    if (ctx->v4 != NULL) {
+        if (n <= 0) {
+            return MLS_ERR_INVALID_ARG;
+        }
+        if ((st = eng_check_ids(c, ids, n)) != MLS_OK) {
+            return st;
+        }
+        return eng_forward_v4(ctx, seq, ids, n, all_logits, logits_out);
+    }
 
     if (n <= 0 || !eng_seq_has_room(seq, seq->n_tokens + n)) {
         mls_error("engine: prefill of %d tokens at %d does not fit the sequence's %u pages", n,
@@ -616,6 +707,16 @@ mls_status eng_decode_step(eng_ctx *ctx, eng_seq *const *seqs, const int32_t *id
     }
     if ((st = eng_check_ids(c, ids, n_seqs)) != MLS_OK) {
         return st;
+    }
+    if (ctx->v4 != NULL) {
+        /* one sequence at a time: the V4 pass does not batch sequences yet */
+        for (int32_t i = 0; i < n_seqs; i++) {
+            float *out = logits_out != NULL ? logits_out + (size_t)i * c->vocab_size : NULL;
+            if ((st = eng_forward_v4(ctx, seqs[i], &ids[i], 1, false, out)) != MLS_OK) {
+                return st;
+            }
+        }
+        return MLS_OK;
     }
     for (int32_t i = 0; i < n_seqs; i++) {
         if (!eng_seq_has_room(seqs[i], seqs[i]->n_tokens + 1)) {

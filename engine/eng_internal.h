@@ -54,6 +54,10 @@ struct eng_model {
     uint64_t fingerprint;
     uint64_t weight_bytes;
     size_t small_bytes;        /* bytes of f32 norms/bias copies (MLS_ALLOC_TAG_WEIGHTS) */
+    /* DeepSeek-V4 (cfg.is_v4): the model eng_v4_model.c bound, which owns the
+     * archive; of the fields above only cfg, archive (borrowed), fingerprint
+     * and weight_bytes are set. NULL for V2/V3. */
+    struct eng_v4_model *v4;
 };
 
 struct eng_kv_pool {

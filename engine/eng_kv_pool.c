@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "eng_internal.h"
+#include "eng_v4_forward.h"
 #include "mls_alloc.h"
 #include "mls_buf.h"
 #include "mls_log.h"
@@ -247,6 +248,7 @@ mls_status eng_seq_adopt(eng_seq *seq, const uint32_t *pages, uint32_t n, int32_
 
 void eng_seq_release(eng_seq *seq, eng_kv_pool *pool)
 {
+    eng_v4_state_destroy(seq->v4);
     if (seq->n_pages > 0) {
         eng_kv_pool_free(pool, seq->pages, seq->n_pages);
     }

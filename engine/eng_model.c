@@ -1,6 +1,6 @@
 /*
  * eng_model.c - bind a DeepSeek-V2/V3 checkpoint's tensors to the model.
- * (A DeepSeek-V4 checkpoint is checked by eng_v4_model.c, then refused.)
+ * (A DeepSeek-V4 checkpoint is bound by eng_v4_model.c and held in model->v4.)
  *
  * Every tensor the config implies is looked up with its expected dtype and
  * shape before anything runs, so a wrong checkpoint fails at load with the
@@ -280,24 +280,25 @@ static uint64_t eng_model_fingerprint_compute(const eng_model *model)
 }
 
 /*
- * A DeepSeek-V4 checkpoint: every tensor is checked (eng_v4_model_load, so a
- * malformed one gets its precise error), then it is refused, because the V4
- * forward pass does not exist yet (issue 13).
+ * A DeepSeek-V4 checkpoint: eng_v4_model_load binds and checks every tensor
+ * (a malformed one gets its precise error); model->v4 holds it, and the
+ * fingerprint covers its config and tensor table like a V2/V3 model's.
  */
-static mls_status eng_model_refuse_v4(const char *dir, mls_err *err)
+static mls_status eng_model_load_v4(const char *dir, eng_model *model, mls_err *err)
 {
-    eng_v4_model *v4 = NULL;
-    mls_status st = eng_v4_model_load(dir, &v4, err);
+    mls_status st = eng_v4_model_load(dir, &model->v4, err);
 
     if (st != MLS_OK) {
         return st;
     }
-    eng_v4_model_destroy(v4);
-    mls_err_set(err,
-                "%s: a well-formed DeepSeek-V4 checkpoint, but the DeepSeek-V4 forward pass is not "
-                "implemented yet",
-                dir);
-    return MLS_ERR_UNSUPPORTED;
+    model->cfg = model->v4->cfg;
+    model->archive = model->v4->archive; /* borrowed: the V4 model closes it */
+    model->weight_bytes = model->v4->weight_bytes;
+    model->fingerprint = eng_model_fingerprint_compute(model);
+    mls_info("loaded %s: DeepSeek-V4, %d layers, %.1f MB of weights, fingerprint %016llx", dir,
+             model->cfg.num_hidden_layers, (double)model->weight_bytes / 1e6,
+             (unsigned long long)model->fingerprint);
+    return MLS_OK;
 }
 
 mls_status eng_model_load(const char *dir, const eng_load_opts *opts, eng_model **model_p,
@@ -322,8 +323,11 @@ mls_status eng_model_load(const char *dir, const eng_load_opts *opts, eng_model 
     }
     c = &model->cfg;
     if (c->is_v4) {
-        st = eng_model_refuse_v4(dir, err);
-        goto err_free_model;
+        if ((st = eng_model_load_v4(dir, model, err)) != MLS_OK) {
+            goto err_free_model;
+        }
+        *model_p = model;
+        return MLS_OK;
     }
     if (c->n_group > ENG_ROUTE_MAX_GROUPS) {
         mls_err_set(err, "%s: n_group %d exceeds the %d expert groups supported", path, c->n_group,
@@ -403,6 +407,11 @@ void eng_model_destroy(eng_model *model)
     const eng_config *c;
 
     if (model == NULL) {
+        return;
+    }
+    if (model->v4 != NULL) {
+        eng_v4_model_destroy(model->v4); /* closes the archive */
+        mls_free(MLS_ALLOC_TAG_WEIGHTS, model, sizeof(*model));
         return;
     }
     c = &model->cfg;

@@ -20,9 +20,11 @@
  * (README-v4 section 3): per layer the window ring, the compressed entries,
  * the indexer keys (CSA) and the compressors' partial blocks, all f32.
  *
- * Files: eng_v4_forward.c (context, state, mHC, blocks, head),
- * eng_v4_attn.c (the attention half), eng_v4_compress.c (compressors),
- * eng_v4_indexer.c (the lightning indexer), eng_v4_moe.c (the FFN half).
+ * Files (each uses only those listed after it): eng_v4_forward.c (context,
+ * state, mHC, blocks, head), eng_v4_attn.c (the attention half),
+ * eng_v4_indexer.c (the lightning indexer), eng_v4_moe.c (the FFN half),
+ * eng_v4_compress.c (compressors), eng_v4_linear.c (GEMM, RMSNorm, rotary
+ * table).
  */
 #ifndef ENG_V4_FORWARD_H
 #define ENG_V4_FORWARD_H
@@ -60,15 +62,16 @@ typedef struct {
                             * (descending score, -1 pads); the caller's, for inspection */
 } eng_v4_layer_state;
 
-/* One sequence's V4 state. Owned by the caller (eng_v4_state_destroy). */
-typedef struct {
+/* One sequence's V4 state. Owned by the caller (eng_v4_state_destroy); the
+ * engine API keeps one per eng_seq (eng_seq.v4). */
+typedef struct eng_v4_state {
     int32_t n_layers;
     int32_t n_tokens;           /* positions [0, n_tokens) are folded in */
     eng_v4_layer_state *layers; /* [n_layers] */
 } eng_v4_state;
 
 /* A compute context: the backend (CPU) and the rotary tables. One thread at a time. */
-typedef struct {
+typedef struct eng_v4_ctx {
     const eng_v4_model *model;
     const eng_backend_ops *ops;
     void *bctx;       /* the backend's context (CPU: a kc_pool) */
@@ -105,6 +108,8 @@ mls_status eng_v4_forward(eng_v4_ctx *ctx, eng_v4_state *state, const int32_t *i
                           bool all_logits, float *logits, mls_err *err);
 
 /* ---- internals shared by the eng_v4_*.c files ------------------------------------ */
+
+/* eng_v4_linear.c */
 
 /* y (n, w->rows) = x (n, w->cols) . W^T; act_quant: FP8 quantize-dequantize x
  * in blocks of 128 first (the FP8 model's GEMM inputs), into a scratch copy. */

@@ -273,7 +273,15 @@ static mls_status v4_bind_vector(v4_binder *b, const char *name, int n_dims, con
         mls_err_set(b->err, "out of memory for '%s'", full);
         return MLS_ERR_NO_MEMORY;
     }
-    eng_tensor_to_f32(t, v);
+    for (uint64_t i = 0; i < t->nbytes / st_dtype_size(t->dtype); i++) {
+        if (t->dtype == ST_DTYPE_BF16) {
+            uint16_t h;
+            memcpy(&h, (const uint8_t *)t->data + 2 * i, 2);
+            v[i] = mls_bf16_to_f32(h);
+        } else {
+            memcpy(&v[i], (const uint8_t *)t->data + 4 * i, 4);
+        }
+    }
     *out_p = v;
     return MLS_OK;
 }

@@ -121,6 +121,10 @@ typedef struct {
     uint32_t n_pages;    /* pages held */
     size_t cap_pages;    /* capacity of pages[] (mls_array_reserve, tag KV_POOL) */
     int32_t n_tokens;    /* tokens whose latent rows are in the cache */
+    /* DeepSeek-V4: the sequence's state (window rings, compressed entries,
+     * indexer keys, compressor rows; f32, outside the pool), made by its first
+     * eng_prefill and freed by eng_seq_release; NULL for V2/V3. */
+    struct eng_v4_state *v4;
 } eng_seq;
 
 void eng_seq_init(eng_seq *seq);
@@ -128,7 +132,8 @@ void eng_seq_init(eng_seq *seq);
 mls_status eng_seq_reserve(eng_seq *seq, eng_kv_pool *pool, int32_t n_tokens);
 /* Adopt pages reserved elsewhere (e.g. by the transport); the seq owns them after. */
 mls_status eng_seq_adopt(eng_seq *seq, const uint32_t *pages, uint32_t n, int32_t n_tokens);
-/* Give the pages back to the pool and reset; frees the page table. */
+/* Give the pages back to the pool and reset; frees the page table and a V4
+ * state. pool may be NULL when the sequence holds no pages (a V4 sequence). */
 void eng_seq_release(eng_seq *seq, eng_kv_pool *pool);
 
 /* ---- compute ------------------------------------------------------------------ */
@@ -143,7 +148,9 @@ typedef struct {
 
 /*
  * A context computing on opts->device (opts NULL: CPU, all cores). The pool
- * must live on the same device. Errors in *err (may be NULL): those of
+ * must live on the same device. A DeepSeek-V4 model computes on the CPU only
+ * and keeps its state per sequence (eng_seq.v4), not in a pool: pool must be
+ * NULL (MLS_ERR_INVALID_ARG otherwise; MLS_ERR_UNSUPPORTED for another device). Errors in *err (may be NULL): those of
  * eng_device_check, a pool/model shape mismatch (MLS_ERR_INVALID_ARG), and
  * for ENG_DEVICE_CUDA on a machine with a device, MLS_ERR_UNSUPPORTED: the
  * CUDA backend table is filled but the forward pass does not run on it yet.
@@ -162,8 +169,9 @@ typedef void (*eng_layer_done_fn)(void *arg, int32_t layer, int32_t pos_begin, i
 
 /*
  * Prefill ids[n] at positions seq->n_tokens .. +n-1 (the sequence must hold
- * pages for them: eng_seq_reserve). Runs in chunks. logits_out: [n, vocab]
- * when all_logits, else [vocab] for the last token; may be NULL.
+ * pages for them: eng_seq_reserve; a V4 sequence needs none). Runs in chunks.
+ * logits_out: [n, vocab] when all_logits, else [vocab] for the last token; may
+ * be NULL. layer_done is not called for a V4 model (the nodes do not serve V4).
  */
 mls_status eng_prefill(eng_ctx *ctx, eng_seq *seq, const int32_t *ids, int32_t n,
                        bool all_logits, float *logits_out, eng_layer_done_fn layer_done,

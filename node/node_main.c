@@ -87,6 +87,13 @@ static mls_status node_setup_model(mls_node *n, mls_err *err)
         return st;
     }
     c = eng_model_config(n->model);
+    if (c->is_v4) {
+        mls_err_set(err,
+                    "%s: DeepSeek-V4 models are not served by the nodes yet (they build an "
+                    "MLA KV layout; mlaserve generate runs V4)",
+                    n->cfg.model_dir);
+        return MLS_ERR_UNSUPPORTED;
+    }
     if ((st = kvl_layout_init(n->cfg.kv_dtype, (uint32_t)c->kv_lora_rank,
                               (uint32_t)c->qk_rope_head_dim, eng_model_fingerprint(n->model),
                               &n->layout)) != MLS_OK) {

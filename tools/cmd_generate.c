@@ -203,6 +203,7 @@ int mls_cmd_generate(int argc, char **argv)
     int32_t *prompt = NULL, *out_ids = NULL, n_prompt = 0, n_gen = 0, vocab;
     float *prefill_logits = NULL, *decode_logits = NULL, *scratch = NULL;
     double t0, t_prefill, t_decode;
+    char kv_desc[64];
     int rc = 1, parsed;
     mls_status st;
 
@@ -228,7 +229,19 @@ int mls_cmd_generate(int argc, char **argv)
             goto out;
         }
     }
-    {
+    if (c->is_v4) {
+        /* DeepSeek-V4: the engine keeps an f32 state per sequence (eng_seq.v4), no pool */
+        eng_ctx_opts ctx_opts = {.n_threads = a.threads, .device = a.device};
+        if (a.kv_dtype != KVL_DTYPE_F32) {
+            fprintf(stderr, "generate: DeepSeek-V4 models keep an f32 KV state for now: pass "
+                            "--kv-dtype f32\n");
+            goto out;
+        }
+        if ((st = eng_ctx_create_opts(model, NULL, &ctx_opts, &ctx, &err)) != MLS_OK) {
+            fprintf(stderr, "generate: %s (%s)\n", err.msg, mls_status_name(st));
+            goto out;
+        }
+    } else {
         int32_t total = n_prompt + a.max_tokens;
         uint32_t pages = (uint32_t)((total + KVL_PAGE_TOKENS - 1) / KVL_PAGE_TOKENS);
         eng_kv_pool_opts pool_opts = {.device = a.device};
@@ -288,6 +301,12 @@ int mls_cmd_generate(int argc, char **argv)
         }
     }
     t_decode = mls_now_s() - t0;
+    if (pool != NULL) {
+        snprintf(kv_desc, sizeof(kv_desc), "%s, %llu B/token", kvl_dtype_name(a.kv_dtype),
+                 (unsigned long long)eng_kv_pool_bytes_per_token(pool));
+    } else {
+        snprintf(kv_desc, sizeof(kv_desc), "f32 state per sequence (DeepSeek-V4)");
+    }
 
     for (int32_t i = 0; i < n_gen; i++) {
         printf("%s%d", i ? "," : "", out_ids[i]);
@@ -295,10 +314,9 @@ int mls_cmd_generate(int argc, char **argv)
     printf("\n");
     fprintf(stderr,
             "prefill: %d tokens in %.3f s (%.1f tokens/s); decode: %d tokens in %.3f s "
-            "(%.2f tokens/s); kv %s, %llu B/token\n",
+            "(%.2f tokens/s); kv %s\n",
             n_prompt, t_prefill, n_prompt / t_prefill, n_gen - 1, t_decode,
-            n_gen > 1 ? (n_gen - 1) / t_decode : 0.0, kvl_dtype_name(a.kv_dtype),
-            (unsigned long long)eng_kv_pool_bytes_per_token(pool));
+            n_gen > 1 ? (n_gen - 1) / t_decode : 0.0, kv_desc);
     if (a.dump != NULL) {
         st = gen_dump(a.dump, prefill_logits, n_prompt, out_ids, decode_logits, n_gen, vocab, &err);
         if (st != MLS_OK) {
@@ -312,9 +330,7 @@ out:
     free(out_ids);
     free(decode_logits);
     free(prefill_logits);
-    if (pool != NULL) {
-        eng_seq_release(&seq, pool);
-    }
+    eng_seq_release(&seq, pool); /* pool NULL: no pages (a V4 sequence, or none reserved) */
     eng_ctx_destroy(ctx);
     eng_kv_pool_destroy(pool);
     eng_model_destroy(model);

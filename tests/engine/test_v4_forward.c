@@ -28,6 +28,7 @@
 #include "eng_safetensors.h"
 #include "eng_v4.h"
 #include "eng_v4_forward.h"
+#include "engine.h"
 #include "mls_alloc.h"
 #include "mls_num.h"
 #include "mls_test.h"
@@ -575,6 +576,53 @@ static void test_chunked_prefill(void)
     }
 }
 
+/* ---- the engine API ------------------------------------------------------------------------ */
+
+/* eng_model_load / eng_ctx_create_opts / eng_prefill (chunks of 7) / eng_decode_step run
+ * tiny-v4 seq0's greedy continuation; a pool or a CUDA context is refused clearly. */
+static void test_engine_api(void)
+{
+    char dir[600];
+    eng_model *model = NULL;
+    eng_ctx *ctx = NULL;
+    eng_seq seq;
+    mls_err err = {{0}};
+    eng_ctx_opts opts = {2, ENG_DEVICE_CPU, 0}, cuda = {2, ENG_DEVICE_CUDA, 0};
+    int32_t V, ids[16];
+    float *logits;
+
+    CHECK_MSG(fixture_open("tiny-v4", &fx_bf16), "tiny-v4 did not load");
+    CHECK_FIXTURE("models/tiny-v4", dir);
+    CHECK_MSG(eng_model_load(dir, NULL, &model, &err) == MLS_OK, "%s", err.msg);
+    V = eng_model_config(model)->vocab_size;
+    CHECK_STATUS(eng_ctx_create_opts(model, NULL, &cuda, &ctx, &err), MLS_ERR_UNSUPPORTED);
+    CHECK_MSG(strstr(err.msg, "CPU only") != NULL, "message: %s", err.msg);
+    CHECK_MSG(eng_ctx_create_opts(model, NULL, &opts, &ctx, &err) == MLS_OK, "%s", err.msg);
+    eng_ctx_set_chunk(ctx, 7);
+    int64_t T = 0;
+    const int32_t *prompt = golden(&fx_bf16, 0, "prompt_ids", &T);
+    const int32_t *want = golden(&fx_bf16, 0, "greedy_ids", NULL);
+    CHECK(prompt != NULL && want != NULL);
+    logits = malloc(sizeof(float) * (size_t)V);
+    CHECK(logits != NULL);
+    eng_seq_init(&seq);
+    CHECK_OK(eng_prefill(ctx, &seq, prompt, (int32_t)T, false, logits, NULL, NULL));
+    CHECK_EQ_INT(seq.n_tokens, T);
+    ids[0] = argmax(logits, V);
+    for (int i = 1; i < 16; i++) {
+        eng_seq *seqs[1] = {&seq};
+        CHECK_OK(eng_decode_step(ctx, seqs, &ids[i - 1], 1, logits));
+        ids[i] = argmax(logits, V);
+    }
+    CHECK_MSG(memcmp(ids, want, sizeof(ids)) == 0, "greedy ids differ from the golden ones");
+    CHECK_EQ_INT(seq.n_tokens, T + 15);
+    eng_seq_release(&seq, NULL);
+    CHECK(seq.v4 == NULL);
+    free(logits);
+    eng_ctx_destroy(ctx);
+    eng_model_destroy(model);
+}
+
 int main(void)
 {
     MLS_TEST_RUN(test_layer_local_bf16);
@@ -583,6 +631,7 @@ int main(void)
     MLS_TEST_RUN(test_end_to_end_fp8);
     MLS_TEST_RUN(test_handoff);
     MLS_TEST_RUN(test_chunked_prefill);
+    MLS_TEST_RUN(test_engine_api);
     fixture_close(&fx_bf16);
     fixture_close(&fx_fp8);
     return MLS_TEST_DONE();

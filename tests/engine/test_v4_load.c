@@ -1,8 +1,8 @@
 /*
  * test_v4_load.c - DeepSeek-V4 checkpoints load by the release's names and
  * formats (README-v4 sections 1-2), hostile ones are refused with the key or
- * the file and tensor named, and eng_model_load refuses a V4 model clearly
- * (its forward pass does not exist yet).
+ * the file and tensor named, and eng_model_load takes a V4 model (its forward
+ * pass is checked by test_v4_forward.c).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -146,17 +146,21 @@ static void test_load_tiny_v4_fp8(void)
     eng_v4_model_destroy(m);
 }
 
-static void test_engine_refuses_v4(void)
+static void test_engine_loads_v4(void)
 {
     char dir[600];
-    eng_model *model = NULL;
+    eng_model *model = NULL, *again = NULL;
     mls_err err = {{0}};
 
     CHECK_FIXTURE("models/tiny-v4", dir);
-    CHECK_STATUS(eng_model_load(dir, NULL, &model, &err), MLS_ERR_UNSUPPORTED);
-    CHECK(model == NULL);
-    CHECK_MSG(strstr(err.msg, "forward pass is not implemented yet") != NULL, "message: %s",
-              err.msg);
+    CHECK_MSG(eng_model_load(dir, NULL, &model, &err) == MLS_OK, "%s", err.msg);
+    CHECK(eng_model_config(model)->is_v4);
+    CHECK_EQ_INT(eng_model_config(model)->num_hidden_layers, 6);
+    CHECK(eng_model_weight_bytes(model) > 2000000);
+    CHECK_MSG(eng_model_load(dir, NULL, &again, &err) == MLS_OK, "%s", err.msg);
+    CHECK(eng_model_fingerprint(model) == eng_model_fingerprint(again));
+    eng_model_destroy(again);
+    eng_model_destroy(model);
 }
 
 /* A copy of tiny-v4-fp8 in a temp dir with `drop` left out, or `poison`'s
@@ -224,7 +228,7 @@ int main(void)
     MLS_TEST_RUN(test_config_errors);
     MLS_TEST_RUN(test_load_tiny_v4);
     MLS_TEST_RUN(test_load_tiny_v4_fp8);
-    MLS_TEST_RUN(test_engine_refuses_v4);
+    MLS_TEST_RUN(test_engine_loads_v4);
     MLS_TEST_RUN(test_hostile_checkpoints);
     return MLS_TEST_DONE();
 }
