@@ -50,6 +50,15 @@ extern char **environ;
 #define BK_MAX_ITEMS   8
 #define BK_LEASE_MS    120000u
 
+/* The request's token as both bench processes derive it (in a cluster the
+ * router draws a random one per request). */
+static void bk_token(uint64_t rid, uint8_t *token)
+{
+    for (uint32_t i = 0; i < KVX_TOKEN_BYTES; i++) {
+        token[i] = (uint8_t)(rid >> (8 * (i % 8))) ^ (uint8_t)(0xa5 + i);
+    }
+}
+
 typedef struct {
     char name[48];
     uint64_t bytes; /* per message / request */
@@ -290,8 +299,10 @@ static void bk_recv_reserve(bk_recv *r, uint64_t rid)
         ids[p] = slot * r->pages_per_req + p;
     }
     mls_err err = {{0}};
-    if (kvx_reserve(r->ctx, rid, ids, r->pages_per_req, BK_LEASE_MS, bk_recv_cb, r, &err) !=
-        MLS_OK) {
+    uint8_t token[KVX_TOKEN_BYTES];
+    bk_token(rid, token);
+    if (kvx_reserve(r->ctx, rid, ids, r->pages_per_req, token, BK_LEASE_MS, bk_recv_cb, r,
+                    &err) != MLS_OK) {
         fprintf(stderr, "bench kvxfer (decode): %s\n", err.msg);
         exit(1);
     }
@@ -512,7 +523,9 @@ static int bk_scenario(bk_run *run)
                 ids[p] = slot * pages + p;
             }
             t_create[i] = mls_now_ns();
-            if (kvx_req_create(s.ctx, s.peer, rid, ids, pages, run->tokens, bk_send_cb, &s,
+            uint8_t token[KVX_TOKEN_BYTES];
+            bk_token(rid, token);
+            if (kvx_req_create(s.ctx, s.peer, rid, token, ids, pages, run->tokens, bk_send_cb, &s,
                                &reqs[i], &err) != MLS_OK) {
                 snprintf(run->error, sizeof(run->error), "%s", err.msg);
                 rc = -2;

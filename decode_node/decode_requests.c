@@ -85,7 +85,13 @@ static mls_status decode_reserve(mls_node *n, const Mlaserve__Reserve *m, node_j
         goto err_free_job;
     }
     job->n_pages = m->n_pages;
-    st = kvx_reserve(n->kvx, m->request_id, job->pages, m->n_pages,
+    if (m->kv_token.len != KVX_TOKEN_BYTES) {
+        mls_err_set(err, "Reserve carries a %zu-byte kv_token, want %u", m->kv_token.len,
+                    KVX_TOKEN_BYTES);
+        st = MLS_ERR_INVALID_ARG;
+        goto err_free_pages;
+    }
+    st = kvx_reserve(n->kvx, m->request_id, job->pages, m->n_pages, m->kv_token.data,
                      m->lease_ms ? m->lease_ms : 10000, decode_on_kv_done, n, err);
     if (st != MLS_OK) {
         goto err_free_pages;

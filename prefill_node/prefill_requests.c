@@ -95,8 +95,15 @@ static void prefill_on_request(mls_node *n, const Mlaserve__PrefillRequest *m)
         memcpy(job->decode_addr, m->decode_address.data, m->decode_address.len);
         memcpy(job->pages, m->page_ids, sizeof(uint32_t) * m->n_page_ids);
         job->n_pages = (uint32_t)m->n_page_ids;
-        st = kvx_req_create(n->kvx, job->decode_addr, job->rid, job->pages, job->n_pages,
-                            (uint32_t)job->n_prompt, prefill_on_xfer_done, n, &job->xreq, &err);
+        if (m->kv_token.len != KVX_TOKEN_BYTES) {
+            mls_err_set(&err, "PrefillRequest carries a %zu-byte kv_token, want %u",
+                        m->kv_token.len, KVX_TOKEN_BYTES);
+            st = MLS_ERR_INVALID_ARG;
+        } else {
+            st = kvx_req_create(n->kvx, job->decode_addr, job->rid, m->kv_token.data, job->pages,
+                                job->n_pages, (uint32_t)job->n_prompt, prefill_on_xfer_done, n,
+                                &job->xreq, &err);
+        }
         if (st != MLS_OK) {
             node_send_error(n, job->rid, st, err.msg);
             node_job_free(n, job);

@@ -4,8 +4,10 @@
  * client sees (incremental detokenization, stop strings, SSE chunks). Hears
  * from the nodes through the rt_node_events it registers with the registry.
  */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include "mls_log.h"
@@ -419,6 +421,8 @@ static void rq_send_prefill(rt_request *r, rt_node *p, bool remote)
         m.decode_address.len = strlen(r->decode_addr);
         m.page_ids = r->pages;
         m.n_page_ids = r->n_pages;
+        m.kv_token.data = r->kv_token;
+        m.kv_token.len = sizeof(r->kv_token);
     }
     m.deadline_ms = (uint32_t)((r->t_deadline - mls_now_ns()) / 1000000ull);
     env.msg_case = MLASERVE__ENVELOPE__MSG_PREFILL_REQUEST;
@@ -455,9 +459,19 @@ void rt_request_start(rt_request *r)
     if (d != NULL) {
         Mlaserve__Envelope env = MLASERVE__ENVELOPE__INIT;
         Mlaserve__Reserve m = MLASERVE__RESERVE__INIT;
+        /* A fresh secret per attempt from the kernel's CSPRNG: only the prefill
+         * node this router picks for the attempt can write d's pages. */
+        if (getrandom(r->kv_token, sizeof(r->kv_token), 0) != (ssize_t)sizeof(r->kv_token)) {
+            /* not failed here: callers walk the request list */
+            mls_error("router: request %llu: getrandom for the KV token: %s; stays queued",
+                      (unsigned long long)r->serial, strerror(errno));
+            return;
+        }
         m.request_id = r->rid;
         m.n_pages = n_pages;
         m.lease_ms = rt->lease_ms;
+        m.kv_token.data = r->kv_token;
+        m.kv_token.len = sizeof(r->kv_token);
         env.msg_case = MLASERVE__ENVELOPE__MSG_RESERVE;
         env.reserve = &m;
         r->d = d;

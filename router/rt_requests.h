@@ -17,6 +17,7 @@
 #include "rt_nodes.h"
 
 #define RT_MAX_RETRIES      4
+#define RT_KV_TOKEN_BYTES   32 /* = KVX_TOKEN_BYTES (transport/kvx.h) */
 
 typedef enum {
     RQ_QUEUED,                     /* waiting for capacity */
@@ -51,6 +52,8 @@ struct rt_request {
     uint32_t n_pages;              /* pages leased on d */
     uint32_t *pages;
     char decode_addr[80];
+    uint8_t kv_token[RT_KV_TOKEN_BYTES]; /* this attempt's secret: to d in Reserve, to p in
+                                            PrefillRequest; the KV transfer proves it */
     int retries;
     mls_status last_error;
     char last_error_msg[192];

@@ -9,7 +9,8 @@
  *
  * Decode side (receiver)
  *   kvx_ctx_create -> [kvx_pool_alloc] -> kvx_pool_register -> kvx_listen ->
- *   kvx_reserve(rid, page ids, lease) ... done callback ... -> kvx_ctx_destroy.
+ *   kvx_reserve(rid, page ids, token, lease) ... done callback ... ->
+ *   kvx_ctx_destroy.
  *   The KV pools belong to the caller (its engine's page pool): one pool per
  *   layer, page p of layer l at pool_base[l] + p * layout.page_bytes. The
  *   caller picks the page ids of a reservation from its own allocator.
@@ -31,7 +32,7 @@
  *   on the loop thread.
  *
  * Prefill side (sender)
- *   kvx_req_create(peer "ip:port", rid, page ids, n_tokens) -> for each layer,
+ *   kvx_req_create(peer "ip:port", rid, token, page ids, n_tokens) -> for each layer,
  *   as soon as its rows exist: kvx_send_layer (one or more token chunks, in
  *   token order) -> kvx_finish -> done callback -> kvx_req_release.
  *   Sender calls are thread-safe and never block on the network: they hash the
@@ -43,9 +44,9 @@
  *   endpoint dropped). The request handle stays valid until both the callback
  *   has run and the caller called kvx_req_release.
  *   The sender callback carries the receiver's verdict (MLS_OK, CHECKSUM,
- *   TIMED_OUT, CANCELED, INVALID_ARG) or a local failure (PEER_DEAD,
- *   PEER_MISMATCH when the decode node refused our KV layout, CANCELED after
- *   kvx_req_abort).
+ *   TIMED_OUT, CANCELED, INVALID_ARG, PEER_MISMATCH when the proof of the
+ *   token was refused) or a local failure (PEER_DEAD, PEER_MISMATCH when the
+ *   decode node refused our KV layout, CANCELED after kvx_req_abort).
  *
  * Paths (ops table inside): RMA - ucp_put_nbx into the registered pages, flush
  * per layer, then active messages; AM - rendezvous active message per
@@ -61,8 +62,29 @@
  * Connect: the sender's layout and layer count go to the decode node in a
  * HELLO active message; a decode node whose layout differs (fingerprint,
  * dtype, page size, version, ...) refuses and the sender's requests fail with
- * MLS_ERR_PEER_MISMATCH naming the field. Otherwise the reply carries the pool
- * base addresses and rkeys.
+ * MLS_ERR_PEER_MISMATCH naming the field. Otherwise the reply carries a fresh
+ * random nonce for this connection (and no pool addresses, no rkeys).
+ *
+ * Introduction: only a sender the router introduced may write a reservation's
+ * pages. The router draws a random token (KVX_TOKEN_BYTES) per request and
+ * hands it to the decode node (kvx_reserve) and to the prefill node
+ * (kvx_req_create); the token itself never crosses the transport. A request
+ * opens with BEGIN carrying MAC = BLAKE2b-256 keyed by the token over (the
+ * connection's nonce, rid, n_tokens, n_layers, page ids); the decode node
+ * checks it in constant time before binding the sender to the reservation,
+ * and every later message of the request (rows, layer marks, completion,
+ * cancel) is accepted only from the bound sender. A missing or wrong proof
+ * fails that sender's request with MLS_ERR_PEER_MISMATCH ("proof refused");
+ * nothing is written and the reservation stays open for the sender the router
+ * introduced. A proof is bound to the connection's nonce, so it cannot be
+ * replayed on another connection.
+ * RMA: the pool addresses and rkeys (the capability to put into the pools)
+ * go to a sender only in a GRANT, after the first request it proved on that
+ * connection was accepted; until then the sender holds its rows back (one
+ * round trip on a new connection; KVX_PATH_AM never asks for them). UCX cannot
+ * scope an rkey to one reservation: a granted sender - one that was introduced
+ * for at least one request - can put into any page of the pools until its
+ * connection closes (see "Known limit").
  *
  * Memory types: KVX_MEM_HOST works. KVX_MEM_CUDA is registered directly when
  * the UCX in use reports CUDA memory support; otherwise it needs pinned host
@@ -72,8 +94,16 @@
  * Known limit: UCX cannot revoke one reservation's remote access, so on the
  * RMA path a sender that resumes after its lease lapsed, or that has puts in
  * flight when the reservation is canceled, may still write into those pages
- * until it sees the receiver's verdict. The AM path is safe: the receiver
- * decides where data lands and drops runs of finished reservations.
+ * until it sees the receiver's verdict; likewise a granted sender's rkeys
+ * reach the whole pool, not just the reservations it proved. The AM path is
+ * safe: the receiver decides where data lands, only for the proven sender,
+ * and drops runs of finished reservations.
+ *
+ * Interfaces: with cfg.bind_ip set, UCX's network transports (TCP and any
+ * other) use only the interface holding that address (UCX_NET_DEVICES, set
+ * in the context's configuration unless the operator set UCX_NET_DEVICES),
+ * so no UCX socket listens on another interface; loopback ("lo") for
+ * 127.0.0.1.
  *
  * Failure detection needs UCX_MM_ERROR_HANDLING=y (shared memory with peer
  * error handling) and a keepalive well under a second; kvx_ctx_create sets
@@ -97,7 +127,8 @@
 #include "mls_kv_layout.h"
 #include "mls_status.h"
 
-#define KVX_PROTO_VERSION 2u
+#define KVX_PROTO_VERSION 3u
+#define KVX_TOKEN_BYTES   32u /* the router's per-request secret */
 #define KVX_MAX_LAYERS    256u
 
 typedef struct kvx_ctx kvx_ctx;
@@ -132,6 +163,8 @@ typedef struct {
                                 are stuck, drops the endpoint (UCX does not notice a
                                 frozen decode node); 0 = wait for ever */
     uint32_t test_flags;     /* kvx_test_flags; 0 in production */
+    const char *bind_ip;     /* numeric IPv4 of the interface UCX may use (the node's
+                                listen address); NULL or "0.0.0.0" = every interface */
 } kvx_config;
 
 /* Fires once per reservation (receiver) or request (sender), on the loop.
@@ -163,9 +196,12 @@ mls_status kvx_pool_register(kvx_ctx *ctx, kvx_mem_type mem, void *const *pool_b
 mls_status kvx_listen(kvx_ctx *ctx, const char *ip, uint16_t port, uint16_t *port_p, mls_err *err);
 
 /* Reserve pages for request rid (unique among open reservations): page_ids
- * (n_pages entries, copied) hold tokens 0.. in order, 64 per page. */
+ * (n_pages entries, copied) hold tokens 0.. in order, 64 per page. token
+ * (KVX_TOKEN_BYTES, copied): the router's secret for this request; only a
+ * sender proving it may write the pages. */
 mls_status kvx_reserve(kvx_ctx *ctx, uint64_t rid, const uint32_t *page_ids, uint32_t n_pages,
-                       uint32_t lease_ms, kvx_done_cb cb, void *arg, mls_err *err);
+                       const uint8_t *token, uint32_t lease_ms, kvx_done_cb cb, void *arg,
+                       mls_err *err);
 /* Cancel an open reservation and tell the sender. Its callback runs with
  * MLS_ERR_CANCELED before this returns - or, on the AM path, as soon as the
  * runs whose receive had already started have landed (later ones are
@@ -174,11 +210,12 @@ mls_status kvx_cancel(kvx_ctx *ctx, uint64_t rid);
 
 /* ---- prefill side (any thread) ------------------------------------------ */
 
-/* Start a request towards peer "ip:port": rid and page_ids as reserved on the
- * decode node (page_ids copied); n_tokens rows per layer will be sent. */
-mls_status kvx_req_create(kvx_ctx *ctx, const char *peer, uint64_t rid, const uint32_t *page_ids,
-                          uint32_t n_pages, uint32_t n_tokens, kvx_done_cb cb, void *arg,
-                          kvx_req **req_p, mls_err *err);
+/* Start a request towards peer "ip:port": rid, page_ids and token
+ * (KVX_TOKEN_BYTES) as the router gave them to the decode node (both copied);
+ * n_tokens rows per layer will be sent. */
+mls_status kvx_req_create(kvx_ctx *ctx, const char *peer, uint64_t rid, const uint8_t *token,
+                          const uint32_t *page_ids, uint32_t n_pages, uint32_t n_tokens,
+                          kvx_done_cb cb, void *arg, kvx_req **req_p, mls_err *err);
 /* Rows of `layer` for tokens [tok_begin, tok_begin + n_tokens): rows is
  * (n_tokens, row_bytes) contiguous. A layer's chunks come in token order from
  * one thread at a time. MLS_ERR_CANCELED/PEER_DEAD/... once the request has

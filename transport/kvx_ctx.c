@@ -5,11 +5,20 @@
  * threads), the op queue, in-flight operation records and peer lifetime.
  * The sender and the receiver plug in through kvx_ctx_register_side and
  * kvx_ctx_register_handler; this file calls them only through that table.
+ * Also the interface UCX may use (from the listen address) and the proof a
+ * request's BEGIN carries (both sides compute it).
  */
+#include <arpa/inet.h>
 #include <assert.h>
+#include <errno.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <sodium.h>
 
 #include "kvx_internal.h"
 #include "mls_alloc.h"
@@ -74,6 +83,24 @@ mls_status kvx_layout_check_wire(const kvl_layout *ours, const uint8_t *wire, ch
 }
 
 /* ---- in-flight operations ------------------------------------------------ */
+
+void kvx_begin_mac(const uint8_t *token, const uint8_t *nonce, const kvx_msg_begin *m,
+                   const void *ids, size_t ids_len, uint8_t *mac_p)
+{
+    static const char domain[] = "mlaserve kvx begin v3";
+    uint8_t fields[8 + 4 * 3];
+    memcpy(fields, &m->rid, 8);
+    memcpy(fields + 8, &m->n_tokens, 4);
+    memcpy(fields + 12, &m->n_pages, 4);
+    memcpy(fields + 16, &m->n_layers, 4);
+    crypto_generichash_state st;
+    crypto_generichash_init(&st, token, KVX_TOKEN_BYTES, KVX_MAC_BYTES);
+    crypto_generichash_update(&st, (const uint8_t *)domain, sizeof(domain));
+    crypto_generichash_update(&st, nonce, KVX_NONCE_BYTES);
+    crypto_generichash_update(&st, fields, sizeof(fields));
+    crypto_generichash_update(&st, ids, ids_len);
+    crypto_generichash_final(&st, mac_p, KVX_MAC_BYTES);
+}
 
 kvx_sop *kvx_sop_new(kvx_ctx *ctx, kvx_sop_kind kind)
 {
@@ -461,6 +488,64 @@ static mls_status kvx_config_check(const kvx_config *cfg, mls_err *err)
     return MLS_OK;
 }
 
+/* The name of the interface holding IPv4 address ip ("lo" for 127.0.0.1),
+ * in name_p (IF_NAMESIZE bytes). */
+static mls_status kvx_ifname_of(const char *ip, char *name_p, mls_err *err)
+{
+    struct in_addr want;
+    if (inet_pton(AF_INET, ip, &want) != 1) {
+        mls_err_set(err, "kvx: bind address '%s' is not an IPv4 address", ip);
+        return MLS_ERR_INVALID_ARG;
+    }
+    struct ifaddrs *ifs = NULL;
+    if (getifaddrs(&ifs) != 0) {
+        mls_err_set(err, "kvx: getifaddrs: %s", strerror(errno));
+        return MLS_ERR_IO;
+    }
+    mls_status st = MLS_ERR_NOT_FOUND;
+    for (struct ifaddrs *i = ifs; i != NULL; i = i->ifa_next) {
+        if (i->ifa_addr != NULL && i->ifa_addr->sa_family == AF_INET &&
+            ((const struct sockaddr_in *)i->ifa_addr)->sin_addr.s_addr == want.s_addr) {
+            snprintf(name_p, IF_NAMESIZE, "%s", i->ifa_name);
+            st = MLS_OK;
+            break;
+        }
+    }
+    freeifaddrs(ifs);
+    if (st != MLS_OK) {
+        mls_err_set(err, "kvx: no network interface has the address %s", ip);
+    }
+    return st;
+}
+
+/* UCX's network transports on the bind address's interface only, unless the
+ * operator chose devices (UCX_NET_DEVICES) or every interface is wanted. */
+static mls_status kvx_ucp_config_bind(const char *bind_ip, ucp_config_t *ucfg, mls_err *err)
+{
+    if (bind_ip == NULL || bind_ip[0] == '\0' || strcmp(bind_ip, "0.0.0.0") == 0) {
+        return MLS_OK;
+    }
+    char ifname[IF_NAMESIZE];
+    mls_status st = kvx_ifname_of(bind_ip, ifname, err);
+    if (st != MLS_OK) {
+        return st;
+    }
+    const char *op = getenv("UCX_NET_DEVICES");
+    if (op != NULL) {
+        mls_info("kvx: UCX_NET_DEVICES=%s set by the operator (the listen address %s is on %s)",
+                 op, bind_ip, ifname);
+        return MLS_OK;
+    }
+    ucs_status_t us = ucp_config_modify(ucfg, "NET_DEVICES", ifname);
+    if (us != UCS_OK) {
+        mls_err_set(err, "kvx: ucp_config_modify(NET_DEVICES, %s): %s", ifname,
+                    ucs_status_string(us));
+        return MLS_ERR_IO;
+    }
+    mls_debug("kvx: UCX network devices: %s (the interface of %s)", ifname, bind_ip);
+    return MLS_OK;
+}
+
 static void kvx_handle_close_cb(uv_handle_t *h)
 {
     kvx_ctx *ctx = h->data;
@@ -508,6 +593,11 @@ mls_status kvx_ctx_open(const kvx_config *cfg, kvx_ctx **ctx_p, mls_err *err)
     }
     setenv("UCX_KEEPALIVE_INTERVAL", "250ms", 0);
 
+    if (sodium_init() < 0) {
+        mls_err_set(err, "kvx: sodium_init failed");
+        st = MLS_ERR_INTERNAL;
+        goto err_free_ctx;
+    }
     ucp_config_t *ucfg = NULL;
     ucs_status_t us = ucp_config_read(NULL, NULL, &ucfg);
     if (us != UCS_OK) {
@@ -515,6 +605,11 @@ mls_status kvx_ctx_open(const kvx_config *cfg, kvx_ctx **ctx_p, mls_err *err)
         st = MLS_ERR_IO;
         goto err_free_ctx;
     }
+    if ((st = kvx_ucp_config_bind(cfg->bind_ip, ucfg, err)) != MLS_OK) {
+        ucp_config_release(ucfg);
+        goto err_free_ctx;
+    }
+    ctx->cfg.bind_ip = NULL; /* the caller's string: not kept */
     ucp_params_t params = {
         .field_mask =
             UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED | UCP_PARAM_FIELD_NAME,

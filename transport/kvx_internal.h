@@ -39,19 +39,22 @@
  * byte-order mismatch). */
 typedef enum {
     KVX_AM_HELLO = 0x6b76, /* sender -> receiver: our layout */
-    KVX_AM_HELLO_REPLY,    /* receiver -> sender: verdict, pools, rkeys */
-    KVX_AM_BEGIN,          /* sender -> receiver: request bound to reservation */
+    KVX_AM_HELLO_REPLY,    /* receiver -> sender: verdict, connection nonce */
+    KVX_AM_BEGIN,          /* sender -> receiver: request + proof of its token */
     KVX_AM_DATA,           /* sender -> receiver: one run of rows (AM path) */
     KVX_AM_LAYER,          /* sender -> receiver: a layer's puts landed (RMA path) */
     KVX_AM_FINISH,         /* sender -> receiver: per-layer checksums, after all data */
     KVX_AM_CANCEL,         /* sender -> receiver: request aborted */
     KVX_AM_RESULT,         /* receiver -> sender: the reservation's verdict */
+    KVX_AM_GRANT,          /* receiver -> sender: pools, rkeys (after a proof) */
     KVX_AM_ID_END
 } kvx_am_id;
 
 #define KVX_AM_ID_COUNT ((unsigned)(KVX_AM_ID_END - KVX_AM_HELLO))
 #define KVX_WIRE_MAGIC  0x4b565831u /* "KVX1" */
 #define KVX_WHY_LEN     256
+#define KVX_NONCE_BYTES 32u /* receiver's per-connection nonce */
+#define KVX_MAC_BYTES   32u /* BLAKE2b-256 proof of a request's token */
 
 /* The layouts travel in the KV contract's one wire form (kvl_layout_encode). */
 typedef struct {
@@ -63,20 +66,29 @@ typedef struct {
 } kvx_msg_hello;
 _Static_assert(sizeof(kvx_msg_hello) == 16 + KVL_WIRE_BYTES, "kvx_msg_hello is 216 bytes");
 
-/* Followed (as AM data) by n_layers kvx_wire_pool, then n_regions times
- * (uint32 rkey length, rkey bytes). */
+/* No data: the pools come in a GRANT, once a request was proven. */
 typedef struct {
     uint32_t magic;
     uint32_t status; /* mls_status: MLS_OK or the refusal */
     uint32_t n_layers;
-    uint32_t n_regions;
     uint32_t pool_pages;
-    uint32_t reserved;
+    uint8_t nonce[KVX_NONCE_BYTES]; /* random, this connection's: proofs cover it */
     uint8_t layout[KVL_WIRE_BYTES];
     char why[KVX_WHY_LEN];
 } kvx_msg_hello_reply;
-_Static_assert(sizeof(kvx_msg_hello_reply) == 24 + KVL_WIRE_BYTES + KVX_WHY_LEN,
+_Static_assert(sizeof(kvx_msg_hello_reply) == 16 + KVX_NONCE_BYTES + KVL_WIRE_BYTES + KVX_WHY_LEN,
                "kvx_msg_hello_reply size");
+
+/* Followed (as AM data) by n_layers kvx_wire_pool, then n_regions times
+ * (uint32 rkey length, rkey bytes). Sent once per connection, after the
+ * first BEGIN with KVX_BEGIN_WANT_POOLS whose proof was accepted. */
+typedef struct {
+    uint32_t magic;
+    uint32_t n_layers;
+    uint32_t n_regions;
+    uint32_t reserved;
+} kvx_msg_grant;
+_Static_assert(sizeof(kvx_msg_grant) == 16, "kvx_msg_grant is 16 bytes");
 
 typedef struct {
     uint64_t base;   /* remote address of page 0 of the layer */
@@ -85,15 +97,20 @@ typedef struct {
 } kvx_wire_pool;
 _Static_assert(sizeof(kvx_wire_pool) == 16, "kvx_wire_pool is 16 bytes");
 
-/* Followed by n_pages uint32 page ids. */
+/* BEGIN flags */
+#define KVX_BEGIN_WANT_POOLS 1u /* no GRANT on this connection yet: send one */
+
+/* Followed by n_pages uint32 page ids. mac: kvx_begin_mac with the
+ * request's token over the connection's nonce and these fields. */
 typedef struct {
     uint64_t rid;
     uint32_t n_tokens;
     uint32_t n_pages;
     uint32_t n_layers;
-    uint32_t path; /* kvx_path: KVX_PATH_RMA or KVX_PATH_AM */
+    uint32_t flags; /* KVX_BEGIN_* */
+    uint8_t mac[KVX_MAC_BYTES];
 } kvx_msg_begin;
-_Static_assert(sizeof(kvx_msg_begin) == 24, "kvx_msg_begin is 24 bytes");
+_Static_assert(sizeof(kvx_msg_begin) == 24 + KVX_MAC_BYTES, "kvx_msg_begin is 56 bytes");
 
 /* DATA (rows of tokens [tok_begin, +n_tokens) of layer; the AM data), LAYER
  * (n_tokens = 0) and CANCEL (layer = n_tokens = 0). */
@@ -112,8 +129,10 @@ typedef struct {
     uint64_t rid;
     uint32_t n_layers;
     uint32_t n_tokens;
+    uint32_t path; /* kvx_path the rows took: KVX_PATH_RMA or KVX_PATH_AM */
+    uint32_t reserved;
 } kvx_msg_finish;
-_Static_assert(sizeof(kvx_msg_finish) == 16, "kvx_msg_finish is 16 bytes");
+_Static_assert(sizeof(kvx_msg_finish) == 24, "kvx_msg_finish is 24 bytes");
 
 typedef struct {
     uint64_t rid;
@@ -128,6 +147,7 @@ _Static_assert(sizeof(kvx_msg_result) == 16 + KVX_WHY_LEN, "kvx_msg_result size"
 typedef union {
     kvx_msg_hello hello;
     kvx_msg_hello_reply hello_reply;
+    kvx_msg_grant grant;
     kvx_msg_begin begin;
     kvx_msg_rows rows;
     kvx_msg_finish finish;
@@ -179,6 +199,10 @@ struct kvx_peer {
     bool close_done;
     uint32_t refs; /* requests/reservations bound + the cache */
     char addr[64]; /* "ip:port" (client) or "accepted" */
+    uint8_t nonce[KVX_NONCE_BYTES]; /* receiver: ours for this connection; sender: the
+                                       decode node's, from HELLO_REPLY */
+    bool pools_sent;                /* receiver: GRANT sent on this connection */
+    bool rows_ready;                /* sender: path known (pools granted, or AM) */
     kvx_path path;
     mls_status fail_status;
     char fail_why[2 * KVX_WHY_LEN];
@@ -187,7 +211,8 @@ struct kvx_peer {
     ucp_rkey_h *rkeys;    /* (n_regions) */
     kvx_wire_pool *pools; /* (n_layers) */
     uint32_t remote_pages;
-    /* sender: operations waiting for HELLO_REPLY, in order */
+    /* sender: operations waiting for HELLO_REPLY (any) or GRANT (rows,
+     * finish), in order */
     kvx_op *pend_head, *pend_tail;
 };
 
@@ -203,11 +228,12 @@ struct kvx_resv {
     uint64_t rid;
     uint32_t *page_ids; /* (n_pages) */
     uint32_t n_pages;
+    uint8_t token[KVX_TOKEN_BYTES]; /* the router's secret: BEGIN proves it */
     uint64_t deadline_ns;
     kvx_done_cb cb;
     void *arg;
     kvx_resv_state state;
-    kvx_peer *peer; /* bound by BEGIN */
+    kvx_peer *peer; /* bound by a BEGIN whose proof was accepted */
     kvx_path path;
     uint32_t n_tokens;
     uint32_t inflight;     /* rendezvous receives */
@@ -258,6 +284,7 @@ struct kvx_req {
     atomic_int status; /* MLS_OK while alive; the final status after */
     uint64_t rid;
     char peer_addr[64];
+    uint8_t token[KVX_TOKEN_BYTES]; /* the router's secret; never sent */
     uint32_t *page_ids; /* (n_pages) */
     uint32_t n_pages;
     uint32_t n_tokens;
@@ -400,5 +427,11 @@ void kvx_sop_complete(kvx_sop *sop, ucs_status_t status);
 mls_status kvx_layout_check_wire(const kvl_layout *ours, const uint8_t *wire, char *why,
                                  size_t len);
 mls_status kvx_status_from_ucs(ucs_status_t st);
+/* The proof a BEGIN carries: BLAKE2b-256 keyed by token (KVX_TOKEN_BYTES)
+ * over a domain string, nonce (KVX_NONCE_BYTES), the header's rid,
+ * n_tokens, n_pages, n_layers and the page ids (ids_len bytes as on the
+ * wire). mac_p: KVX_MAC_BYTES. */
+void kvx_begin_mac(const uint8_t *token, const uint8_t *nonce, const kvx_msg_begin *m,
+                   const void *ids, size_t ids_len, uint8_t *mac_p);
 
 #endif

@@ -1,14 +1,18 @@
 /*
  * kvx_recv.c - the decode side of the KV transfer: the listener and the
- * connect-time layout check, reservations with leases, rendezvous receives
- * straight into the reserved pages, per-layer XXH3 verification and the
- * verdict sent back to the prefill node. (Pool registration: kvx_pool.c.)
+ * connect-time layout check, reservations with leases and tokens, the check
+ * of each request's proof before its sender may write, the pool grant (rkeys)
+ * to proven senders, rendezvous receives straight into the reserved pages,
+ * per-layer XXH3 verification and the verdict sent back to the prefill node.
+ * (Pool registration: kvx_pool.c.)
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+
+#include <sodium.h>
 
 #include "kvx_recv.h"
 #include "mls_alloc.h"
@@ -113,6 +117,7 @@ static kvx_resv *kvx_resv_find(kvx_ctx *ctx, uint64_t rid)
 static void kvx_resv_free(kvx_ctx *ctx, kvx_resv *r)
 {
     uint32_t nl = ctx->cfg.n_layers;
+    sodium_memzero(r->token, sizeof(r->token));
     mls_free(MLS_ALLOC_TAG_TRANSPORT, r->page_ids, sizeof(uint32_t) * r->n_pages);
     mls_free(MLS_ALLOC_TAG_TRANSPORT, r->layer_bytes, sizeof(uint64_t) * nl);
     mls_free(MLS_ALLOC_TAG_TRANSPORT, r->layer_state, nl);
@@ -122,14 +127,15 @@ static void kvx_resv_free(kvx_ctx *ctx, kvx_resv *r)
 }
 
 mls_status kvx_reserve(kvx_ctx *ctx, uint64_t rid, const uint32_t *page_ids, uint32_t n_pages,
-                       uint32_t lease_ms, kvx_done_cb cb, void *arg, mls_err *err)
+                       const uint8_t *token, uint32_t lease_ms, kvx_done_cb cb, void *arg,
+                       mls_err *err)
 {
     if (!ctx->pool_registered) {
         mls_err_set(err, "kvx_reserve(rid %llu): no KV pool registered", (unsigned long long)rid);
         return MLS_ERR_INVALID_ARG;
     }
-    if (n_pages == 0 || page_ids == NULL || cb == NULL || lease_ms == 0) {
-        mls_err_set(err, "kvx_reserve(rid %llu): need pages, a callback and a lease",
+    if (n_pages == 0 || page_ids == NULL || token == NULL || cb == NULL || lease_ms == 0) {
+        mls_err_set(err, "kvx_reserve(rid %llu): need pages, a token, a callback and a lease",
                     (unsigned long long)rid);
         return MLS_ERR_INVALID_ARG;
     }
@@ -162,6 +168,7 @@ mls_status kvx_reserve(kvx_ctx *ctx, uint64_t rid, const uint32_t *page_ids, uin
         goto err;
     }
     memcpy(r->page_ids, page_ids, sizeof(uint32_t) * n_pages);
+    memcpy(r->token, token, KVX_TOKEN_BYTES);
     r->rid = rid;
     r->deadline_ns = mls_now_ns() + (uint64_t)lease_ms * 1000000ull;
     r->cb = cb;
@@ -434,6 +441,7 @@ static ucs_status_t kvx_recv_hello(kvx_ctx *ctx, kvx_peer *peer, const void *hea
         return UCS_OK;
     }
     kvx_msg_hello_reply *rep = (kvx_msg_hello_reply *)sop->hdr;
+    memset(rep, 0, sizeof(*rep));
     rep->magic = KVX_WIRE_MAGIC;
     rep->n_layers = ctx->cfg.n_layers;
     rep->pool_pages = ctx->pool_pages;
@@ -459,14 +467,9 @@ static ucs_status_t kvx_recv_hello(kvx_ctx *ctx, kvx_peer *peer, const void *hea
     }
     rep->status = (uint32_t)st;
     if (st == MLS_OK) {
-        sop->blob = mls_alloc(MLS_ALLOC_TAG_TRANSPORT, ctx->rkey_blob_len);
-        if (sop->blob == NULL) {
-            kvx_sop_free(sop);
-            return UCS_OK;
-        }
-        memcpy(sop->blob, ctx->rkey_blob, ctx->rkey_blob_len);
-        sop->blob_len = ctx->rkey_blob_len;
-        rep->n_regions = ctx->n_wire_regions;
+        /* No pools yet: a GRANT follows the first request proven here. */
+        randombytes_buf(peer->nonce, sizeof(peer->nonce));
+        memcpy(rep->nonce, peer->nonce, sizeof(rep->nonce));
         peer->state = KVX_PEER_READY;
         mls_debug("kvx: %s connected", peer->addr);
     } else {
@@ -474,6 +477,30 @@ static ucs_status_t kvx_recv_hello(kvx_ctx *ctx, kvx_peer *peer, const void *hea
     }
     kvx_am_send(peer, sop, KVX_AM_HELLO_REPLY, sizeof(*rep), UCP_AM_SEND_FLAG_EAGER);
     return UCS_OK;
+}
+
+/* The pools and their rkeys, once per connection, to a sender whose proof
+ * for a request was accepted. */
+static void kvx_recv_grant(kvx_ctx *ctx, kvx_peer *peer)
+{
+    kvx_sop *sop = kvx_sop_new(ctx, KVX_SOP_CTRL);
+    void *blob = sop ? mls_alloc(MLS_ALLOC_TAG_TRANSPORT, ctx->rkey_blob_len) : NULL;
+    if (blob == NULL) {
+        kvx_sop_free(sop);
+        kvx_peer_fail(peer, MLS_ERR_NO_MEMORY, "out of memory granting the pools");
+        return;
+    }
+    memcpy(blob, ctx->rkey_blob, ctx->rkey_blob_len);
+    sop->blob = blob;
+    sop->blob_len = ctx->rkey_blob_len;
+    kvx_msg_grant *g = (kvx_msg_grant *)sop->hdr;
+    memset(g, 0, sizeof(*g));
+    g->magic = KVX_WIRE_MAGIC;
+    g->n_layers = ctx->cfg.n_layers;
+    g->n_regions = ctx->n_wire_regions;
+    peer->pools_sent = true;
+    mls_debug("kvx: pools granted to %s", peer->addr);
+    kvx_am_send(peer, sop, KVX_AM_GRANT, sizeof(*g), UCP_AM_SEND_FLAG_EAGER);
 }
 
 static void kvx_recv_begin(kvx_ctx *ctx, kvx_peer *peer, const kvx_msg_begin *m, const void *data,
@@ -498,6 +525,21 @@ static void kvx_recv_begin(kvx_ctx *ctx, kvx_peer *peer, const kvx_msg_begin *m,
         kvx_result_send(peer, m->rid, MLS_ERR_NOT_FOUND, why);
         return;
     }
+    /* Only the sender the router introduced (it knows the token) gets past
+     * here; a refused one leaves the reservation open for that sender. */
+    uint8_t mac[KVX_MAC_BYTES];
+    kvx_begin_mac(r->token, peer->nonce, m, data, length, mac);
+    int proof = crypto_verify_32(mac, m->mac);
+    sodium_memzero(mac, sizeof(mac));
+    if (proof != 0) {
+        snprintf(why, sizeof(why),
+                 "proof for rid %llu refused: %s does not hold the token the router issued "
+                 "for it",
+                 (unsigned long long)m->rid, peer->addr);
+        mls_warn("kvx: %s", why);
+        kvx_result_send(peer, m->rid, MLS_ERR_PEER_MISMATCH, why);
+        return;
+    }
     if (r->peer != NULL) {
         snprintf(why, sizeof(why), "rid %llu is already being sent by %s",
                  (unsigned long long)m->rid, r->peer->addr);
@@ -506,7 +548,13 @@ static void kvx_recv_begin(kvx_ctx *ctx, kvx_peer *peer, const kvx_msg_begin *m,
     }
     r->peer = peer;
     peer->refs++;
-    r->path = m->path == KVX_PATH_RMA ? KVX_PATH_RMA : KVX_PATH_AM;
+    r->path = KVX_PATH_AM; /* until FINISH says which path the rows took */
+    if ((m->flags & KVX_BEGIN_WANT_POOLS) && !peer->pools_sent) {
+        kvx_recv_grant(ctx, peer);
+        if (peer->state != KVX_PEER_READY) {
+            return; /* failed: the reservation fails with it */
+        }
+    }
     if (m->n_layers != ctx->cfg.n_layers || m->n_pages != r->n_pages ||
         length != sizeof(uint32_t) * (size_t)m->n_pages || memcmp(data, r->page_ids, length) != 0 ||
         m->n_tokens > r->n_pages * KVL_PAGE_TOKENS) {
@@ -640,6 +688,7 @@ static ucs_status_t kvx_recv_am(kvx_ctx *ctx, unsigned id, const void *header, s
         }
         memcpy(r->want_hash, data, length);
         r->finished = true;
+        r->path = m->path == KVX_PATH_RMA ? KVX_PATH_RMA : KVX_PATH_AM;
         if (r->path == KVX_PATH_RMA) {
             /* Sent after a flush of every put: all layers are in the pages. */
             for (uint32_t l = 0; l < ctx->cfg.n_layers; l++) {

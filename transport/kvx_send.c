@@ -2,13 +2,17 @@
  * kvx_send.c - the prefill side of the KV transfer: requests created and fed
  * from compute threads (rows hashed there, work queued to the loop), endpoints
  * created on demand and cached per decode node address, the HELLO exchange
- * (layout check, pool addresses and rkeys), completion and verdicts.
+ * (layout check, the connection's nonce), each request's proof of its token,
+ * the pool grant (addresses and rkeys) that rows wait for unless the path is
+ * AM, completion and verdicts.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <sodium.h>
 
 #include "kvx_path.h"
 #include "kvx_send.h"
@@ -23,6 +27,7 @@ static void kvx_req_try_progress(kvx_req *req);
 static void kvx_req_free(kvx_req *req)
 {
     uint32_t nl = req->n_layers;
+    sodium_memzero(req->token, sizeof(req->token));
     mls_free(MLS_ALLOC_TAG_TRANSPORT, req->page_ids, sizeof(uint32_t) * req->n_pages);
     mls_free(MLS_ALLOC_TAG_TRANSPORT, req->layer_sent, sizeof(uint32_t) * nl);
     mls_free(MLS_ALLOC_TAG_TRANSPORT, req->layer_issued, sizeof(uint32_t) * nl);
@@ -69,16 +74,17 @@ static void kvx_op_free(kvx_op *op)
 
 /* ---- public sender API (any thread) -------------------------------------- */
 
-mls_status kvx_req_create(kvx_ctx *ctx, const char *peer, uint64_t rid, const uint32_t *page_ids,
-                          uint32_t n_pages, uint32_t n_tokens, kvx_done_cb cb, void *arg,
-                          kvx_req **req_p, mls_err *err)
+mls_status kvx_req_create(kvx_ctx *ctx, const char *peer, uint64_t rid, const uint8_t *token,
+                          const uint32_t *page_ids, uint32_t n_pages, uint32_t n_tokens,
+                          kvx_done_cb cb, void *arg, kvx_req **req_p, mls_err *err)
 {
     if (peer == NULL || strlen(peer) >= sizeof(((kvx_req *)0)->peer_addr) || cb == NULL ||
+        token == NULL ||
         page_ids == NULL || n_pages == 0 || n_tokens == 0 ||
         n_tokens > (uint64_t)n_pages * KVL_PAGE_TOKENS) {
         mls_err_set(err,
-                    "kvx_req_create(rid %llu): need a peer, a callback, pages, and "
-                    "1..%llu tokens (got %u)",
+                    "kvx_req_create(rid %llu): need a peer, a callback, a token, pages, "
+                    "and 1..%llu tokens (got %u)",
                     (unsigned long long)rid, (unsigned long long)n_pages * KVL_PAGE_TOKENS,
                     n_tokens);
         return MLS_ERR_INVALID_ARG;
@@ -101,6 +107,7 @@ mls_status kvx_req_create(kvx_ctx *ctx, const char *peer, uint64_t rid, const ui
         goto err;
     }
     memcpy(req->page_ids, page_ids, sizeof(uint32_t) * n_pages);
+    memcpy(req->token, token, KVX_TOKEN_BYTES);
     for (uint32_t l = 0; l < nl; l++) {
         XXH3_INITSTATE(&req->hash[l]);
         XXH3_64bits_reset(&req->hash[l]);
@@ -227,11 +234,35 @@ static void kvx_req_call_back(kvx_req *req)
     }
 }
 
+/* Free the request's operations still waiting on its peer (for the
+ * HELLO_REPLY or the GRANT): it ended, they will never be issued. */
+static void kvx_req_pend_drop(kvx_req *req)
+{
+    kvx_peer *peer = req->peer;
+    if (peer == NULL) {
+        return;
+    }
+    kvx_op **pp = &peer->pend_head;
+    kvx_op *last = NULL;
+    while (*pp != NULL) {
+        kvx_op *op = *pp;
+        if (op->req == req) {
+            *pp = op->next;
+            kvx_op_free(op); /* the loop still holds its reference */
+        } else {
+            last = op;
+            pp = &op->next;
+        }
+    }
+    peer->pend_tail = last;
+}
+
 static void kvx_req_fail(kvx_req *req, mls_status st, const char *why)
 {
     if (req->done) {
         return;
     }
+    kvx_req_pend_drop(req);
     req->done = true;
     atomic_store(&req->status, st == MLS_OK ? MLS_ERR_CANCELED : st); /* no more sends */
     req->end_status = st;
@@ -318,6 +349,8 @@ static void kvx_req_try_progress(kvx_req *req)
             m->rid = req->rid;
             m->n_layers = req->n_layers;
             m->n_tokens = req->n_tokens;
+            m->path = (uint32_t)req->peer->path;
+            m->reserved = 0;
             req->outstanding++;
             kvx_am_send(req->peer, sop, KVX_AM_FINISH, sizeof(*m), UCP_AM_SEND_FLAG_EAGER);
             return; /* a completion inside the send already ran try_progress */
@@ -429,7 +462,8 @@ static kvx_peer *kvx_peer_get(kvx_ctx *ctx, const char *addr, mls_err *err)
 const char *kvx_peer_path(kvx_ctx *ctx, const char *peer)
 {
     for (kvx_peer *p = ctx->peers; p != NULL; p = p->next) {
-        if (p->is_client && p->state == KVX_PEER_READY && strcmp(p->addr, peer) == 0) {
+        if (p->is_client && p->state == KVX_PEER_READY && p->rows_ready &&
+            strcmp(p->addr, peer) == 0) {
             return kvx_path_name(p->path);
         }
     }
@@ -490,7 +524,8 @@ static void kvx_req_begin(kvx_ctx *ctx, kvx_req *req)
     m->n_tokens = req->n_tokens;
     m->n_pages = req->n_pages;
     m->n_layers = req->n_layers;
-    m->path = (uint32_t)peer->path;
+    m->flags = peer->rows_ready ? 0u : KVX_BEGIN_WANT_POOLS;
+    kvx_begin_mac(req->token, peer->nonce, m, blob, len, m->mac);
     req->outstanding++;
     kvx_am_send(peer, sop, KVX_AM_BEGIN, sizeof(*m), UCP_AM_SEND_FLAG_EAGER);
 }
@@ -524,8 +559,10 @@ static void kvx_send_process_op(kvx_ctx *ctx, kvx_op *op)
         kvx_req_fail(req, MLS_ERR_CANCELED, "request aborted by the prefill node");
         goto out_free;
     }
-    if (req->peer->state == KVX_PEER_CONNECTING) {
-        /* Replayed in order once the HELLO_REPLY arrives. */
+    if (req->peer->state == KVX_PEER_CONNECTING ||
+        (op->type != KVX_OP_BEGIN && !req->peer->rows_ready)) {
+        /* Replayed in order once the HELLO_REPLY (or, for rows, the GRANT)
+         * arrives. */
         op->next = NULL;
         if (req->peer->pend_tail != NULL) {
             req->peer->pend_tail->next = op;
@@ -558,8 +595,20 @@ out_free:
 
 /* ---- messages from decode nodes ------------------------------------------ */
 
-static void kvx_send_hello_reply(kvx_ctx *ctx, kvx_peer *peer, const kvx_msg_hello_reply *rep,
-                                 const uint8_t *data, size_t length)
+/* Issue the operations that waited for the connection (or the grant), in
+ * order; those that still cannot go are queued again. */
+static void kvx_peer_replay(kvx_ctx *ctx, kvx_peer *peer)
+{
+    kvx_op *op = peer->pend_head;
+    peer->pend_head = peer->pend_tail = NULL;
+    while (op != NULL) {
+        kvx_op *next = op->next;
+        kvx_send_process_op(ctx, op);
+        op = next;
+    }
+}
+
+static void kvx_send_hello_reply(kvx_ctx *ctx, kvx_peer *peer, const kvx_msg_hello_reply *rep)
 {
     char why[2 * KVX_WHY_LEN];
     uint32_t nl = ctx->cfg.n_layers;
@@ -581,21 +630,40 @@ static void kvx_send_hello_reply(kvx_ctx *ctx, kvx_peer *peer, const kvx_msg_hel
         kvx_peer_fail(peer, MLS_ERR_PEER_MISMATCH, why);
         return;
     }
+    memcpy(peer->nonce, rep->nonce, sizeof(peer->nonce));
+    peer->remote_pages = rep->pool_pages;
+    peer->state = KVX_PEER_READY;
+    if (ctx->cfg.path == KVX_PATH_AM) {
+        peer->path = KVX_PATH_AM; /* the pools are never needed: not asked for */
+        peer->rows_ready = true;
+    }
+    mls_debug("kvx: connected to %s%s", peer->addr,
+              peer->rows_ready ? ", path am" : "; rows wait for the pool grant");
+    kvx_peer_replay(ctx, peer);
+}
+
+/* The decode node's pools and rkeys, after it accepted our first proof. */
+static void kvx_send_grant(kvx_ctx *ctx, kvx_peer *peer, const kvx_msg_grant *g,
+                           const uint8_t *data, size_t length)
+{
+    char why[2 * KVX_WHY_LEN];
+    uint32_t nl = ctx->cfg.n_layers;
     size_t off = sizeof(kvx_wire_pool) * nl;
-    if (length < off || rep->n_regions == 0 || rep->n_regions > KVX_MAX_REGIONS) {
+    if (g->n_layers != nl || length < off || g->n_regions == 0 ||
+        g->n_regions > KVX_MAX_REGIONS) {
         snprintf(why, sizeof(why), "decode node %s: malformed pool description", peer->addr);
         kvx_peer_fail(peer, MLS_ERR_PEER_MISMATCH, why);
         return;
     }
     peer->pools = mls_alloc(MLS_ALLOC_TAG_TRANSPORT, off);
-    peer->rkeys = mls_alloc(MLS_ALLOC_TAG_TRANSPORT, sizeof(ucp_rkey_h) * rep->n_regions);
+    peer->rkeys = mls_alloc(MLS_ALLOC_TAG_TRANSPORT, sizeof(ucp_rkey_h) * g->n_regions);
+    peer->n_regions = peer->rkeys != NULL ? g->n_regions : 0; /* what kvx_peer_free releases */
     if (peer->pools == NULL || peer->rkeys == NULL) {
         kvx_peer_fail(peer, MLS_ERR_NO_MEMORY, "out of memory for the decode node's rkeys");
         return;
     }
     memcpy(peer->pools, data, off);
-    peer->n_regions = rep->n_regions;
-    for (uint32_t i = 0; i < rep->n_regions; i++) {
+    for (uint32_t i = 0; i < g->n_regions; i++) {
         uint32_t klen;
         if (off + sizeof(klen) > length) {
             goto err;
@@ -619,17 +687,10 @@ static void kvx_send_hello_reply(kvx_ctx *ctx, kvx_peer *peer, const kvx_msg_hel
             goto err;
         }
     }
-    peer->remote_pages = rep->pool_pages;
     peer->path = ctx->cfg.path == KVX_PATH_AUTO ? kvx_path_probe(peer) : ctx->cfg.path;
-    peer->state = KVX_PEER_READY;
-    mls_debug("kvx: connected to %s, path %s", peer->addr, kvx_path_name(peer->path));
-    kvx_op *op = peer->pend_head;
-    peer->pend_head = peer->pend_tail = NULL;
-    while (op != NULL) {
-        kvx_op *next = op->next;
-        kvx_send_process_op(ctx, op);
-        op = next;
-    }
+    peer->rows_ready = true;
+    mls_debug("kvx: pools of %s granted, path %s", peer->addr, kvx_path_name(peer->path));
+    kvx_peer_replay(ctx, peer);
     return;
 err:
     snprintf(why, sizeof(why), "decode node %s: malformed rkey list", peer->addr);
@@ -654,7 +715,15 @@ static ucs_status_t kvx_send_am(kvx_ctx *ctx, unsigned id, const void *header, s
         const kvx_msg_hello_reply *rep = header;
         if (header_length == sizeof(*rep) && rep->magic == KVX_WIRE_MAGIC &&
             peer->state == KVX_PEER_CONNECTING) {
-            kvx_send_hello_reply(ctx, peer, rep, data, length);
+            kvx_send_hello_reply(ctx, peer, rep);
+        }
+        return UCS_OK;
+    }
+    if (id == KVX_AM_GRANT) {
+        const kvx_msg_grant *g = header;
+        if (header_length == sizeof(*g) && g->magic == KVX_WIRE_MAGIC &&
+            peer->state == KVX_PEER_READY && !peer->rows_ready && peer->rkeys == NULL) {
+            kvx_send_grant(ctx, peer, g, data, length);
         }
         return UCS_OK;
     }
@@ -738,4 +807,5 @@ void kvx_send_attach(kvx_ctx *ctx)
     kvx_ctx_register_side(ctx, KVX_SIDE_SEND, &ops);
     kvx_ctx_register_handler(ctx, KVX_AM_HELLO_REPLY, kvx_send_am);
     kvx_ctx_register_handler(ctx, KVX_AM_RESULT, kvx_send_am);
+    kvx_ctx_register_handler(ctx, KVX_AM_GRANT, kvx_send_am);
 }

@@ -48,6 +48,7 @@ typedef struct {
     uint8_t proof_bytes[MLS_AUTH_PROOF_BYTES];
     uint8_t ucx_addr[37];
     uint8_t decode_addr[19];
+    uint8_t kv_token[32];
     uint32_t page_ids[5];
     int32_t prompt[7];
     int32_t stop_ids[2];
@@ -72,6 +73,9 @@ static void msg_set_build(msg_set *m)
     }
     for (i = 0; i < (int)sizeof(m->decode_addr); i++) {
         m->decode_addr[i] = (uint8_t)(200 - i);
+    }
+    for (i = 0; i < (int)sizeof(m->kv_token); i++) {
+        m->kv_token[i] = (uint8_t)(i * 13 + 5);
     }
 
     mlaserve__kv_layout__init(&m->layout);
@@ -132,6 +136,8 @@ static void msg_set_build(msg_set *m)
     m->reserve.request_id = 0xfeedfacecafeull;
     m->reserve.n_pages = 5;
     m->reserve.lease_ms = 2500;
+    m->reserve.kv_token.data = m->kv_token;
+    m->reserve.kv_token.len = sizeof(m->kv_token);
     m->env[3].msg_case = MLASERVE__ENVELOPE__MSG_RESERVE;
     m->env[3].reserve = &m->reserve;
 
@@ -197,6 +203,8 @@ static void msg_set_build(msg_set *m)
     m->prefill.n_generated = 3;
     m->prefill.deadline_ms = 30000;
     m->prefill.n_block_hashes = 2;
+    m->prefill.kv_token.data = m->kv_token;
+    m->prefill.kv_token.len = sizeof(m->kv_token);
     m->prefill.block_hashes = m->hashes;
     m->env[5].msg_case = MLASERVE__ENVELOPE__MSG_PREFILL_REQUEST;
     m->env[5].prefill_request = &m->prefill;

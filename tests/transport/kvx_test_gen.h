@@ -31,4 +31,17 @@ static inline void kvx_test_row(uint64_t seed, uint64_t rid, uint32_t layer, uin
     }
 }
 
+/* The request's token (token_bytes), as the router would have drawn it: the
+ * decode side reserves with it, the sender proves it (or, under test, proves
+ * a wrong one). */
+static inline void kvx_test_token(uint64_t seed, uint64_t rid, uint8_t *token, size_t token_bytes)
+{
+    uint64_t s = kvx_test_mix(seed ^ kvx_test_mix(rid ^ 0x746f6b656eull));
+    for (size_t i = 0; i < token_bytes; i += 8) {
+        s = kvx_test_mix(s);
+        size_t n = token_bytes - i < 8 ? token_bytes - i : 8;
+        memcpy(token + i, &s, n);
+    }
+}
+
 #endif

@@ -9,7 +9,10 @@
  *   RESULT <rid> <STATUS> <why>
  * Usage: kvx_test_peer --port P --dtype D --layers L --fingerprint F
  *        --path auto|rma|am --seed S --req RID:NTOK:PAGE,PAGE,... [--req ...]
- *        [--chunk N] [--delay-ms MS] [--corrupt]
+ *        [--chunk N] [--delay-ms MS] [--corrupt] [--token good|wrong|zero]
+ * Each request's token is kvx_test_token(seed, rid); --token wrong proves one
+ * that differs in one byte, zero proves all zeros (a sender the router never
+ * introduced).
  * With --role recv it is a decode node instead (for tests of the sender):
  * listens on 127.0.0.1:0, prints "PORT <p>", reserves every --req in a pool of
  * 64 pages per layer and prints "RESULT <rid> <STATUS> <why>" per reservation.
@@ -53,8 +56,19 @@ static struct {
     int n_reqs;
     int n_done;
     int path_printed;
+    int token_mode; /* 0 good, 1 wrong, 2 zero */
     atomic_int compute_done;
 } g;
+
+static void peer_token(uint64_t rid, uint8_t *token)
+{
+    kvx_test_token(g.seed, rid, token, KVX_TOKEN_BYTES);
+    if (g.token_mode == 1) {
+        token[KVX_TOKEN_BYTES / 2] ^= 0x01;
+    } else if (g.token_mode == 2) {
+        memset(token, 0, KVX_TOKEN_BYTES);
+    }
+}
 
 static void peer_done_cb(void *arg, uint64_t rid, mls_status st, const char *why)
 {
@@ -80,7 +94,9 @@ static void *peer_compute(void *arg)
     mls_err err = {{0}};
     for (int i = 0; i < g.n_reqs; i++) {
         peer_req *r = &g.reqs[i];
-        if (kvx_req_create(g.ctx, g.peer, r->rid, r->page_ids, r->n_pages, r->n_tokens,
+        uint8_t token[KVX_TOKEN_BYTES];
+        peer_token(r->rid, token);
+        if (kvx_req_create(g.ctx, g.peer, r->rid, token, r->page_ids, r->n_pages, r->n_tokens,
                            peer_done_cb, r, &r->req, &err) != MLS_OK) {
             fprintf(stderr, "kvx_test_peer: %s\n", err.msg);
             exit(3);
@@ -163,7 +179,9 @@ static int peer_recv_main(void)
         goto err;
     }
     for (int i = 0; i < g.n_reqs; i++) {
-        if (kvx_reserve(g.ctx, g.reqs[i].rid, g.reqs[i].page_ids, g.reqs[i].n_pages, 60000,
+        uint8_t token[KVX_TOKEN_BYTES];
+        kvx_test_token(g.seed, g.reqs[i].rid, token, KVX_TOKEN_BYTES);
+        if (kvx_reserve(g.ctx, g.reqs[i].rid, g.reqs[i].page_ids, g.reqs[i].n_pages, token, 60000,
                         peer_resv_cb, NULL, &err) != MLS_OK) {
             goto err;
         }
@@ -217,6 +235,9 @@ int main(int argc, char **argv)
             g.delay_ms = (uint32_t)atoi(v), i++;
         } else if (strcmp(a, "--role") == 0 && strcmp(v, "recv") == 0) {
             recv_role = 1, i++;
+        } else if (strcmp(a, "--token") == 0) {
+            g.token_mode = strcmp(v, "wrong") == 0 ? 1 : strcmp(v, "zero") == 0 ? 2 : 0;
+            i++;
         } else if (strcmp(a, "--corrupt") == 0) {
             tflags |= KVX_TEST_CORRUPT_PAYLOAD;
         } else if (strcmp(a, "--req") == 0 && g.n_reqs < PEER_MAX_REQS) {

@@ -7,10 +7,14 @@
  * and for f32/bf16/fp8 layouts, the automatic path probe, a sender killed
  * mid-transfer (failure reported within 1 s, pages freed), a stopped sender
  * caught by the lease, a corrupted payload caught by the checksum, a layout
- * mismatch refused at connect, cancellation, and no transport memory left.
- * One test turns the roles round (kvx_test_peer --role recv) to freeze the
- * decode node under a sender with a request timeout.
+ * mismatch refused at connect, cancellation, and no transport memory left;
+ * a sender without the request's token (a wrong or an all-zero one) refused
+ * on both paths with the pages untouched and the reservation still open for
+ * the right sender; the UCX listeners of a context bound to 127.0.0.1 on
+ * 127.0.0.1 only. One test turns the roles round (kvx_test_peer --role recv)
+ * to freeze the decode node under a sender with a request timeout.
  */
+#include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -158,7 +162,9 @@ static t_resv *t_reserve(t_node *n, uint64_t rid, uint32_t n_tokens, const uint3
     r->n_pages = n_pages;
     memcpy(r->page_ids, pages, sizeof(uint32_t) * n_pages);
     mls_err err = {{0}};
-    if (kvx_reserve(n->ctx, rid, pages, n_pages, lease_ms, t_resv_cb, r, &err) != MLS_OK) {
+    uint8_t token[KVX_TOKEN_BYTES];
+    kvx_test_token(T_SEED, rid, token, sizeof(token));
+    if (kvx_reserve(n->ctx, rid, pages, n_pages, token, lease_ms, t_resv_cb, r, &err) != MLS_OK) {
         fprintf(stderr, "kvx_reserve: %s\n", err.msg);
         return NULL;
     }
@@ -673,7 +679,9 @@ static void test_receiver_frozen_timeout(void)
     t_sent sent = {0};
     kvx_req *req = NULL;
     uint64_t t0 = mls_now_ns();
-    CHECK_OK(kvx_req_create(n.ctx, peer, 21, pages, 4, 256, t_sent_cb, &sent, &req, &err));
+    uint8_t token[KVX_TOKEN_BYTES];
+    kvx_test_token(0, 21, token, sizeof(token)); /* the helper's --seed is 0 */
+    CHECK_OK(kvx_req_create(n.ctx, peer, 21, token, pages, 4, 256, t_sent_cb, &sent, &req, &err));
     for (uint32_t l = 0; l < 4; l++) {
         CHECK_OK(kvx_send_layer(req, l, 0, 256, rows, &err));
     }
@@ -698,26 +706,252 @@ static void test_receiver_frozen_timeout(void)
     CHECK_EQ_INT(mls_alloc_bytes(MLS_ALLOC_TAG_TRANSPORT), t_base_bytes);
 }
 
+/* Pages of the pools: every byte still holds the canary. Returns the number
+ * of written pages. */
+static int t_pages_untouched(t_node *n)
+{
+    uint64_t pb = n->cfg.layout.page_bytes;
+    int bad = 0;
+    for (uint32_t l = 0; l < n->cfg.n_layers; l++) {
+        for (uint32_t p = 0; p < T_POOL_PAGES; p++) {
+            const uint8_t *pg = n->pool[l] + p * pb;
+            if ((pg[0] != 0xee || memcmp(pg, pg + 1, pb - 1) != 0) && bad++ < 5) {
+                fprintf(stderr, "  layer %u page %u was written\n", l, p);
+            }
+        }
+    }
+    return bad;
+}
+
+/* A sender that does not hold the request's token (a wrong one, or none: all
+ * zeros) is refused with PEER_MISMATCH before a byte lands, on either path
+ * (RMA: it never gets the rkeys); the reservation stays open, and then the
+ * sender the router introduced delivers into it. */
+static void t_token_refused(const char *path, const char *mode)
+{
+    t_node n;
+    CHECK_OK(t_node_start(&n, KVL_DTYPE_BF16, 4, true));
+    static const uint32_t pages[] = {2, 3, 7};
+    CHECK(t_reserve(&n, 41, 150, pages, 3, 20000) != NULL);
+    const char *const bad[] = {"--token", mode, NULL};
+    CHECK(t_spawn(&n, path, "bf16", "0xfeed", NULL, bad) == 0);
+    int code = -1;
+    CHECK_MSG(t_run_until(&n, t_pred_child_exit, &code, 10000), "sender said:\n%s", n.out);
+    CHECK_EQ_INT(code, 0);
+    CHECK_MSG(strstr(n.out, "RESULT 41 ERR_PEER_MISMATCH") != NULL &&
+                  strstr(n.out, "proof for rid 41 refused") != NULL,
+              "sender said:\n%s", n.out);
+    CHECK_MSG(strstr(n.out, "PATH rma") == NULL, "the refused sender got the rkeys:\n%s", n.out);
+    CHECK(!n.resv[0].called);
+    CHECK_EQ_INT(t_pages_untouched(&n), 0);
+    kvx_stats s;
+    kvx_ctx_stats(n.ctx, &s);
+    CHECK_EQ_INT(s.reservations_open, 1);
+    /* the introduced sender */
+    CHECK(t_spawn(&n, path, "bf16", "0xfeed", NULL, NULL) == 0);
+    CHECK_MSG(t_run_until(&n, t_pred_all_called, NULL, 10000), "sender said:\n%s", n.out);
+    CHECK_MSG(n.resv[0].status == MLS_OK, "%s %s", mls_status_name(n.resv[0].status),
+              n.resv[0].why);
+    CHECK(t_run_until(&n, t_pred_child_exit, &code, 10000));
+    CHECK_EQ_INT(code, 0);
+    CHECK_EQ_INT(t_check_pages(&n), 0);
+    t_node_stop(&n);
+    CHECK_EQ_INT(mls_alloc_bytes(MLS_ALLOC_TAG_TRANSPORT), t_base_bytes);
+}
+
+static void test_token_wrong_rma(void)
+{
+    t_token_refused("rma", "wrong");
+}
+static void test_token_wrong_am(void)
+{
+    t_token_refused("am", "wrong");
+}
+static void test_token_none_auto(void)
+{
+    t_token_refused("auto", "zero");
+}
+
+/* Listening TCP sockets of this process (IPv4 and IPv6) other than those in
+ * skip (n_skip inodes), as "addr:port" lines in out (one per socket); their
+ * inodes in inodes_p (up to 64) when not NULL. Returns how many are not on
+ * 127.0.0.1. */
+static int t_listeners_off_loopback(const unsigned long *skip, int n_skip, unsigned long *inodes_p,
+                                    int *n_p, char *out, size_t cap)
+{
+    /* socket inodes this process holds */
+    unsigned long inodes[512];
+    int n_in = 0;
+    DIR *d = opendir("/proc/self/fd");
+    for (struct dirent *e; d != NULL && (e = readdir(d)) != NULL && n_in < 512;) {
+        char path[300], link[64];
+        snprintf(path, sizeof(path), "/proc/self/fd/%s", e->d_name);
+        ssize_t k = readlink(path, link, sizeof(link) - 1);
+        if (k > 0) {
+            link[k] = '\0';
+            if (sscanf(link, "socket:[%lu]", &inodes[n_in]) == 1) {
+                n_in++;
+            }
+        }
+    }
+    if (d != NULL) {
+        closedir(d);
+    }
+    int off = 0;
+    size_t used = 0;
+    out[0] = '\0';
+    static const char *const files[] = {"/proc/self/net/tcp", "/proc/self/net/tcp6"};
+    for (int f = 0; f < 2; f++) {
+        FILE *fp = fopen(files[f], "r");
+        char line[512];
+        while (fp != NULL && fgets(line, sizeof(line), fp) != NULL) {
+            char local[64];
+            unsigned st;
+            unsigned long inode;
+            if (sscanf(line, " %*d: %63s %*s %x %*s %*s %*s %*s %*s %lu", local, &st, &inode) !=
+                    3 ||
+                st != 0x0a) {
+                continue; /* header, or not LISTEN */
+            }
+            bool ours = false;
+            for (int i = 0; i < n_in; i++) {
+                ours |= inodes[i] == inode;
+            }
+            for (int i = 0; i < n_skip; i++) {
+                ours &= skip[i] != inode;
+            }
+            if (!ours) {
+                continue;
+            }
+            if (inodes_p != NULL && *n_p < 64) {
+                inodes_p[(*n_p)++] = inode;
+            }
+            /* 0100007F:port (v4) or the v4-mapped 127.0.0.1 in v6 */
+            bool lo = strncmp(local, "0100007F:", 9) == 0 ||
+                      strncmp(local, "0000000000000000FFFF00000100007F:", 33) == 0;
+            off += !lo;
+            used += (size_t)snprintf(out + used, used < cap ? cap - used : 0, "%s%s\n", local,
+                                     lo ? "" : "  <- not 127.0.0.1");
+            if (used >= cap) {
+                used = cap - 1;
+            }
+        }
+        if (fp != NULL) {
+            fclose(fp);
+        }
+    }
+    return off;
+}
+
+static mls_status t_ctx_bound(t_node *n, const char *bind_ip)
+{
+    memset(n, 0, sizeof(*n));
+    n->pid = -1;
+    n->out_fd = -1;
+    uv_loop_init(&n->loop);
+    n->cfg.loop = &n->loop;
+    n->cfg.n_layers = 2;
+    n->cfg.bind_ip = bind_ip;
+    kvl_layout_init(KVL_DTYPE_BF16, 512, 64, 0xfeedull, &n->cfg.layout);
+    mls_err err = {{0}};
+    mls_status st = kvx_ctx_create(&n->cfg, &n->ctx, &err);
+    if (st == MLS_OK) {
+        n->pool_from_kvx = true;
+        n->pool_bytes = 2u * T_POOL_PAGES * n->cfg.layout.page_bytes;
+        st = kvx_pool_alloc(n->ctx, KVX_MEM_HOST, n->pool_bytes, &n->pool_mem, &err);
+    }
+    if (st == MLS_OK) {
+        n->pool[0] = n->pool_mem;
+        n->pool[1] = (uint8_t *)n->pool_mem + T_POOL_PAGES * n->cfg.layout.page_bytes;
+        st = kvx_pool_register(n->ctx, KVX_MEM_HOST, (void *const *)n->pool, T_POOL_PAGES, &err);
+    }
+    if (st == MLS_OK) {
+        st = kvx_listen(n->ctx, "127.0.0.1", 0, &n->port, &err);
+    }
+    if (st != MLS_OK) {
+        fprintf(stderr, "kvx bound context: %s\n", err.msg);
+    }
+    return st;
+}
+
+/* A context bound to 127.0.0.1: every socket UCX listens on (the sockaddr
+ * listener and each transport's own) is on 127.0.0.1. Unbound, for contrast,
+ * UCX listens on the other interfaces too (where the machine has one). */
+static void test_bind_loopback_only(void)
+{
+    char *saved = getenv("UCX_NET_DEVICES") ? strdup(getenv("UCX_NET_DEVICES")) : NULL;
+    unsetenv("UCX_NET_DEVICES");
+    char list[4096];
+    /* sockets that were there before (earlier tests) are not this context's */
+    unsigned long before[64];
+    int n_before = 0;
+    t_listeners_off_loopback(NULL, 0, before, &n_before, list, sizeof(list));
+    t_node n;
+    CHECK_OK(t_ctx_bound(&n, NULL));
+    int off_unbound = t_listeners_off_loopback(before, n_before, NULL, NULL, list, sizeof(list));
+    fprintf(stderr, "  unbound: %d listeners off 127.0.0.1:\n%s", off_unbound, list);
+    t_node_stop(&n);
+
+    n_before = 0;
+    t_listeners_off_loopback(NULL, 0, before, &n_before, list, sizeof(list));
+    CHECK_OK(t_ctx_bound(&n, "127.0.0.1"));
+    int off_bound = t_listeners_off_loopback(before, n_before, NULL, NULL, list, sizeof(list));
+    fprintf(stderr, "  bound to 127.0.0.1:\n%s", list);
+    CHECK_MSG(off_bound == 0, "%d listeners off 127.0.0.1:\n%s", off_bound, list);
+    char port[16];
+    snprintf(port, sizeof(port), ":%04X\n", n.port);
+    CHECK_MSG(strstr(list, port) != NULL, "the KV listener (port %u) is not among:\n%s", n.port,
+              list);
+    t_node_stop(&n);
+
+    mls_err err = {{0}};
+    t_node bad;
+    memset(&bad, 0, sizeof(bad));
+    uv_loop_init(&bad.loop);
+    bad.cfg.loop = &bad.loop;
+    bad.cfg.n_layers = 2;
+    bad.cfg.bind_ip = "192.0.2.254"; /* TEST-NET: held by no interface here */
+    kvl_layout_init(KVL_DTYPE_BF16, 512, 64, 0xfeedull, &bad.cfg.layout);
+    if (kvx_ctx_create(&bad.cfg, &bad.ctx, &err) == MLS_OK) {
+        kvx_ctx_destroy(bad.ctx); /* this machine happens to hold it */
+    } else {
+        CHECK_MSG(strstr(err.msg, "no network interface has the address 192.0.2.254") != NULL,
+                  "%s", err.msg);
+    }
+    uv_loop_close(&bad.loop);
+    if (saved != NULL) {
+        setenv("UCX_NET_DEVICES", saved, 1);
+        free(saved);
+    }
+}
+
 /* Bad input to the API is refused with a status, not a crash. */
 static void test_api_errors(void)
 {
     t_node n;
     CHECK_OK(t_node_start(&n, KVL_DTYPE_BF16, 2, false));
     mls_err err = {{0}};
+    uint8_t token[KVX_TOKEN_BYTES] = {1};
     uint32_t big = T_POOL_PAGES;
-    CHECK_STATUS(kvx_reserve(n.ctx, 1, &big, 1, 100, t_resv_cb, &n.resv[0], &err),
+    CHECK_STATUS(kvx_reserve(n.ctx, 1, &big, 1, token, 100, t_resv_cb, &n.resv[0], &err),
                  MLS_ERR_INVALID_ARG);
     CHECK(strstr(err.msg, "outside the pool") != NULL);
     uint32_t ok_page = 0;
-    CHECK_OK(kvx_reserve(n.ctx, 1, &ok_page, 1, 100, t_resv_cb, &n.resv[0], &err));
-    CHECK_STATUS(kvx_reserve(n.ctx, 1, &ok_page, 1, 100, t_resv_cb, &n.resv[0], &err),
+    CHECK_STATUS(kvx_reserve(n.ctx, 1, &ok_page, 1, NULL, 100, t_resv_cb, &n.resv[0], &err),
+                 MLS_ERR_INVALID_ARG);
+    CHECK(strstr(err.msg, "token") != NULL);
+    CHECK_OK(kvx_reserve(n.ctx, 1, &ok_page, 1, token, 100, t_resv_cb, &n.resv[0], &err));
+    CHECK_STATUS(kvx_reserve(n.ctx, 1, &ok_page, 1, token, 100, t_resv_cb, &n.resv[0], &err),
                  MLS_ERR_INVALID_ARG);
     void *p = NULL;
     CHECK_STATUS(kvx_pool_alloc(n.ctx, KVX_MEM_CUDA, 4096, &p, &err), MLS_ERR_UNSUPPORTED);
     kvx_req *req = NULL;
-    CHECK_STATUS(
-        kvx_req_create(n.ctx, "127.0.0.1:1", 5, &ok_page, 1, 65, t_resv_cb, NULL, &req, &err),
-        MLS_ERR_INVALID_ARG);
+    CHECK_STATUS(kvx_req_create(n.ctx, "127.0.0.1:1", 5, token, &ok_page, 1, 65, t_resv_cb, NULL,
+                                &req, &err),
+                 MLS_ERR_INVALID_ARG);
+    CHECK_STATUS(kvx_req_create(n.ctx, "127.0.0.1:1", 5, NULL, &ok_page, 1, 64, t_resv_cb, NULL,
+                                &req, &err),
+                 MLS_ERR_INVALID_ARG);
     /* lease of 100 ms lapses with no sender */
     n.n_resv = 1;
     CHECK(t_run_until(&n, t_pred_all_called, NULL, 2000));
@@ -761,5 +995,9 @@ int main(int argc, char **argv)
     MLS_TEST_RUN(test_cancel);
     MLS_TEST_RUN(test_unknown_reservation);
     MLS_TEST_RUN(test_receiver_frozen_timeout);
+    MLS_TEST_RUN(test_token_wrong_rma);
+    MLS_TEST_RUN(test_token_wrong_am);
+    MLS_TEST_RUN(test_token_none_auto);
+    MLS_TEST_RUN(test_bind_loopback_only);
     return MLS_TEST_DONE();
 }
