@@ -19,11 +19,15 @@
  *     prompt, then the golden greedy ids: greedy_logits[1..15] within 1e-3 per
  *     step, argmax exact, one isolated flip step allowed - see check_handoff);
  *   - chunked prefill (chunks of 1, 3, 5, 16 tokens) gives one prefill call's
- *     last logits and state.
+ *     last logits and state;
+ *   - the engine API (eng_model_load .. eng_decode_step) and `mlaserve
+ *     generate --kv-dtype f32` reproduce the greedy ids.
  */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "eng_safetensors.h"
 #include "eng_v4.h"
@@ -623,6 +627,54 @@ static void test_engine_api(void)
     eng_model_destroy(model);
 }
 
+/* `mlaserve generate --kv-dtype f32` on tiny-v4 prints seq0's golden greedy ids; another
+ * --kv-dtype is refused with the reason. */
+static void test_cli_generate(void)
+{
+    const char *bin = MLS_BIN_DIR "/mlaserve";
+    char cmd[4096], out[1024], want[1024], dir[600];
+    size_t len = 0;
+    int64_t T = 0;
+    FILE *f;
+    int rc;
+
+    CHECK_MSG(access(bin, X_OK) == 0, "%s is not built", bin);
+    CHECK_MSG(fixture_open("tiny-v4", &fx_bf16), "tiny-v4 did not load");
+    CHECK_FIXTURE("models/tiny-v4", dir);
+    const int32_t *prompt = golden(&fx_bf16, 0, "prompt_ids", &T);
+    const int32_t *greedy = golden(&fx_bf16, 0, "greedy_ids", NULL);
+    CHECK(prompt != NULL && greedy != NULL);
+    len = (size_t)snprintf(cmd, sizeof(cmd),
+                           "%s generate --model %s --kv-dtype f32 --threads 2 "
+                           "--max-tokens 16 --ignore-eos --prompt-ids ",
+                           bin, dir);
+    for (int64_t t = 0; t < T; t++) {
+        len += (size_t)snprintf(cmd + len, sizeof(cmd) - len, "%s%d", t ? "," : "", prompt[t]);
+    }
+    snprintf(cmd + len, sizeof(cmd) - len, " 2>/dev/null");
+    for (int i = 0, n = 0; i < 16; i++) {
+        n += snprintf(want + n, sizeof(want) - (size_t)n, "%s%d", i ? "," : "", greedy[i]);
+    }
+    f = popen(cmd, "r");
+    CHECK(f != NULL);
+    out[0] = '\0';
+    CHECK(fgets(out, sizeof(out), f) != NULL);
+    rc = pclose(f);
+    out[strcspn(out, "\n")] = '\0';
+    CHECK_MSG(WIFEXITED(rc) && WEXITSTATUS(rc) == 0, "generate exited %d", rc);
+    CHECK_MSG(strcmp(out, want) == 0, "generate printed %s, want %s", out, want);
+
+    snprintf(cmd, sizeof(cmd), "%s generate --model %s --kv-dtype fp8 --prompt-ids 5,6 2>&1", bin,
+             dir);
+    f = popen(cmd, "r");
+    CHECK(f != NULL);
+    out[0] = '\0';
+    CHECK(fgets(out, sizeof(out), f) != NULL);
+    rc = pclose(f);
+    CHECK_MSG(WIFEXITED(rc) && WEXITSTATUS(rc) != 0, "generate --kv-dtype fp8 exited 0");
+    CHECK_MSG(strstr(out, "--kv-dtype f32") != NULL, "message: %s", out);
+}
+
 int main(void)
 {
     MLS_TEST_RUN(test_layer_local_bf16);
@@ -632,6 +684,7 @@ int main(void)
     MLS_TEST_RUN(test_handoff);
     MLS_TEST_RUN(test_chunked_prefill);
     MLS_TEST_RUN(test_engine_api);
+    MLS_TEST_RUN(test_cli_generate);
     fixture_close(&fx_bf16);
     fixture_close(&fx_fp8);
     return MLS_TEST_DONE();
