@@ -301,8 +301,8 @@ static void bk_recv_reserve(bk_recv *r, uint64_t rid)
     mls_err err = {{0}};
     uint8_t token[KVX_TOKEN_BYTES];
     bk_token(rid, token);
-    if (kvx_reserve(r->ctx, rid, ids, r->pages_per_req, token, BK_LEASE_MS, bk_recv_cb, r,
-                    &err) != MLS_OK) {
+    if (kvx_reserve(r->ctx, rid, ids, r->pages_per_req, token, BK_LEASE_MS, bk_recv_cb, r, &err) !=
+        MLS_OK) {
         fprintf(stderr, "bench kvxfer (decode): %s\n", err.msg);
         exit(1);
     }

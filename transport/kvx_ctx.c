@@ -532,8 +532,8 @@ static mls_status kvx_ucp_config_bind(const char *bind_ip, ucp_config_t *ucfg, m
     }
     const char *op = getenv("UCX_NET_DEVICES");
     if (op != NULL) {
-        mls_info("kvx: UCX_NET_DEVICES=%s set by the operator (the listen address %s is on %s)",
-                 op, bind_ip, ifname);
+        mls_info("kvx: UCX_NET_DEVICES=%s set by the operator (the listen address %s is on %s)", op,
+                 bind_ip, ifname);
         return MLS_OK;
     }
     ucs_status_t us = ucp_config_modify(ucfg, "NET_DEVICES", ifname);

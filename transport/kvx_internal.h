@@ -197,8 +197,8 @@ struct kvx_peer {
     kvx_peer_state state;
     bool closed; /* ucp_ep_close issued */
     bool close_done;
-    uint32_t refs; /* requests/reservations bound + the cache */
-    char addr[64]; /* "ip:port" (client) or "accepted" */
+    uint32_t refs;                  /* requests/reservations bound + the cache */
+    char addr[64];                  /* "ip:port" (client) or "accepted" */
     uint8_t nonce[KVX_NONCE_BYTES]; /* receiver: ours for this connection; sender: the
                                        decode node's, from HELLO_REPLY */
     bool pools_sent;                /* receiver: GRANT sent on this connection */
@@ -285,7 +285,7 @@ struct kvx_req {
     uint64_t rid;
     char peer_addr[64];
     uint8_t token[KVX_TOKEN_BYTES]; /* the router's secret; never sent */
-    uint32_t *page_ids; /* (n_pages) */
+    uint32_t *page_ids;             /* (n_pages) */
     uint32_t n_pages;
     uint32_t n_tokens;
     uint32_t n_layers;

@@ -79,8 +79,7 @@ mls_status kvx_req_create(kvx_ctx *ctx, const char *peer, uint64_t rid, const ui
                           kvx_done_cb cb, void *arg, kvx_req **req_p, mls_err *err)
 {
     if (peer == NULL || strlen(peer) >= sizeof(((kvx_req *)0)->peer_addr) || cb == NULL ||
-        token == NULL ||
-        page_ids == NULL || n_pages == 0 || n_tokens == 0 ||
+        token == NULL || page_ids == NULL || n_pages == 0 || n_tokens == 0 ||
         n_tokens > (uint64_t)n_pages * KVL_PAGE_TOKENS) {
         mls_err_set(err,
                     "kvx_req_create(rid %llu): need a peer, a callback, a token, pages, "
@@ -649,8 +648,7 @@ static void kvx_send_grant(kvx_ctx *ctx, kvx_peer *peer, const kvx_msg_grant *g,
     char why[2 * KVX_WHY_LEN];
     uint32_t nl = ctx->cfg.n_layers;
     size_t off = sizeof(kvx_wire_pool) * nl;
-    if (g->n_layers != nl || length < off || g->n_regions == 0 ||
-        g->n_regions > KVX_MAX_REGIONS) {
+    if (g->n_layers != nl || length < off || g->n_regions == 0 || g->n_regions > KVX_MAX_REGIONS) {
         snprintf(why, sizeof(why), "decode node %s: malformed pool description", peer->addr);
         kvx_peer_fail(peer, MLS_ERR_PEER_MISMATCH, why);
         return;

@@ -915,8 +915,8 @@ static void test_bind_loopback_only(void)
     if (kvx_ctx_create(&bad.cfg, &bad.ctx, &err) == MLS_OK) {
         kvx_ctx_destroy(bad.ctx); /* this machine happens to hold it */
     } else {
-        CHECK_MSG(strstr(err.msg, "no network interface has the address 192.0.2.254") != NULL,
-                  "%s", err.msg);
+        CHECK_MSG(strstr(err.msg, "no network interface has the address 192.0.2.254") != NULL, "%s",
+                  err.msg);
     }
     uv_loop_close(&bad.loop);
     if (saved != NULL) {
@@ -949,9 +949,9 @@ static void test_api_errors(void)
     CHECK_STATUS(kvx_req_create(n.ctx, "127.0.0.1:1", 5, token, &ok_page, 1, 65, t_resv_cb, NULL,
                                 &req, &err),
                  MLS_ERR_INVALID_ARG);
-    CHECK_STATUS(kvx_req_create(n.ctx, "127.0.0.1:1", 5, NULL, &ok_page, 1, 64, t_resv_cb, NULL,
-                                &req, &err),
-                 MLS_ERR_INVALID_ARG);
+    CHECK_STATUS(
+        kvx_req_create(n.ctx, "127.0.0.1:1", 5, NULL, &ok_page, 1, 64, t_resv_cb, NULL, &req, &err),
+        MLS_ERR_INVALID_ARG);
     /* lease of 100 ms lapses with no sender */
     n.n_resv = 1;
     CHECK(t_run_until(&n, t_pred_all_called, NULL, 2000));
