@@ -118,6 +118,7 @@ static mls_status node_setup_engine(mls_node *n, mls_err *err)
         xc.loop = &n->loop;
         xc.layout = n->layout;
         xc.n_layers = n_layers;
+        xc.bind_ip = n->cfg.listen_host; /* UCX listens on that interface only */
         xc.path = strcmp(n->cfg.kvx_path, "rma") == 0  ? KVX_PATH_RMA
                   : strcmp(n->cfg.kvx_path, "am") == 0 ? KVX_PATH_AM
                                                        : KVX_PATH_AUTO;

@@ -29,6 +29,7 @@ skip() { echo "SKIP: $*"; exit 77; }
 fail() {
   echo "FAIL: $*"
   for f in "$TMP"/*.log; do echo "--- $f"; tail -n 15 "$f"; done
+  for f in "$TMP"/*.sse; do [[ -e "$f" ]] && { echo "--- $f"; head -c 400 "$f"; echo; }; done
   exit 1
 }
 ns() { ip netns exec "$TAG$1" "${@:2}"; }
