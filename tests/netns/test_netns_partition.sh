@@ -35,7 +35,12 @@ fail() {
 ns() { ip netns exec "$TAG$1" "${@:2}"; }
 
 cleanup() {
+  # the daemons are started by `ip netns exec` directly (it execs them), so
+  # these pids are theirs; whatever else runs in the namespaces goes too
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+  for h in "${HOSTS[@]}"; do
+    for p in $(ip netns pids "$TAG$h" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
+  done
   wait 2>/dev/null
   for h in "${HOSTS[@]}"; do ip netns del "$TAG$h" 2>/dev/null; done
   ip netns del "$SW" 2>/dev/null
@@ -76,12 +81,12 @@ if "$BIN/mlaserve-router" --help 2>&1 | grep -q -- --cluster-key-file; then
   KEYARGS=(--cluster-key-file "$TMP/cluster.key")
 fi
 
-ns r "$BIN/mlaserve-router" --tokenizer "$MODEL" --host "${IP[r]}" --port 8000 --node-port 7100 \
+ip netns exec "${TAG}r" "$BIN/mlaserve-router" --tokenizer "$MODEL" --host "${IP[r]}" --port 8000 --node-port 7100 \
   "${KEYARGS[@]}" >"$TMP/router.log" 2>&1 &
 PIDS+=($!)
 for h in p1 p2 d1 d2; do
   role=prefill; [[ $h == d* ]] && role=decode
-  ns "$h" "$BIN/mlaserve-$role" --model "$MODEL" --router "${IP[r]}:7100" --listen "${IP[$h]}" \
+  ip netns exec "$TAG$h" "$BIN/mlaserve-$role" --model "$MODEL" --router "${IP[r]}:7100" --listen "${IP[$h]}" \
     --metrics-port 9100 --node-id "$h" --threads 1 --kv-pages 512 "${KEYARGS[@]}" \
     >"$TMP/$h.log" 2>&1 &
   PIDS+=($!)
