@@ -61,6 +61,7 @@ typedef struct {
 struct eng_ctx {
     const eng_model *model;
     eng_v4_ctx *v4;           /* DeepSeek-V4 models: their forward pass (eng_v4_forward.c) */
+    kvl_dtype v4_kv_dtype;    /* DeepSeek-V4: how new sequences store their rows */
     eng_kv_pool *pool;
     const eng_backend_ops *be;
     void *bctx;               /* the backend's context (CPU: the kc_pool) */
@@ -171,6 +172,18 @@ static mls_status eng_ctx_create_v4(const eng_model *model, eng_kv_pool *pool,
                     "latent KV pool (pass none)");
         return MLS_ERR_INVALID_ARG;
     }
+    if (opts->v4_kv_dtype != KVL_DTYPE_F32 && opts->v4_kv_dtype != KVL_DTYPE_FP8) {
+        mls_err_set(err, "engine: DeepSeek-V4 stores its KV state as f32 or fp8, not %s",
+                    kvl_dtype_name(opts->v4_kv_dtype));
+        return MLS_ERR_UNSUPPORTED;
+    }
+    if (opts->v4_kv_dtype == KVL_DTYPE_FP8 &&
+        (model->cfg.v4.head_dim - model->cfg.qk_rope_head_dim) % 64 != 0) {
+        mls_err_set(err, "engine: an fp8 DeepSeek-V4 state needs nope dims (head_dim - "
+                    "qk_rope_head_dim = %d) in tiles of 64",
+                    model->cfg.v4.head_dim - model->cfg.qk_rope_head_dim);
+        return MLS_ERR_UNSUPPORTED;
+    }
     if ((ctx = mls_alloc(MLS_ALLOC_TAG_SCRATCH, sizeof(*ctx))) == NULL) {
         mls_err_set(err, "engine: out of memory for a context");
         return MLS_ERR_NO_MEMORY;
@@ -180,6 +193,7 @@ static mls_status eng_ctx_create_v4(const eng_model *model, eng_kv_pool *pool,
         return st;
     }
     ctx->model = model;
+    ctx->v4_kv_dtype = opts->v4_kv_dtype;
     ctx->be = &eng_backend_cpu;
     ctx->loc = ENG_LOC_HOST;
     ctx->chunk = 256;
@@ -192,7 +206,7 @@ mls_status eng_ctx_create_opts(const eng_model *model, eng_kv_pool *pool,
 {
     const eng_config *c = &model->cfg;
     const kvl_layout *layout;
-    eng_ctx_opts cpu = {0, ENG_DEVICE_CPU, 0};
+    eng_ctx_opts cpu = {0, ENG_DEVICE_CPU, 0, KVL_DTYPE_F32};
     const eng_backend_ops *be;
     void *bctx = NULL;
     eng_ctx *ctx;
@@ -259,7 +273,7 @@ err_destroy_backend:
 mls_status eng_ctx_create(const eng_model *model, eng_kv_pool *pool, int n_threads,
                           eng_ctx **ctx_p)
 {
-    eng_ctx_opts opts = {n_threads, ENG_DEVICE_CPU, 0};
+    eng_ctx_opts opts = {n_threads, ENG_DEVICE_CPU, 0, KVL_DTYPE_F32};
     mls_err err = {{0}};
     mls_status st = eng_ctx_create_opts(model, pool, &opts, ctx_p, &err);
 
@@ -610,8 +624,9 @@ static mls_status eng_forward_v4(eng_ctx *ctx, eng_seq *seq, const int32_t *ids,
             mls_error("engine: a DeepSeek-V4 sequence of %d tokens has no state", seq->n_tokens);
             return MLS_ERR_INVALID_ARG;
         }
-        if ((st = eng_v4_state_create(ctx->model->v4, &seq->v4)) != MLS_OK) {
-            mls_error("engine: out of memory for a DeepSeek-V4 sequence state");
+        if ((st = eng_v4_state_create(ctx->model->v4, ctx->v4_kv_dtype, &seq->v4)) != MLS_OK) {
+            mls_error("engine: cannot make a DeepSeek-V4 sequence state (%s)",
+                      mls_status_message(st));
             return st;
         }
     }

@@ -108,38 +108,50 @@ mls_status eng_v4_attn_forward(eng_v4_ctx *ctx, int32_t layer, eng_v4_layer_stat
     const float *freqs = eng_v4_layer_freqs(ctx, layer);
     int32_t n_hist = pos0 < W - 1 ? pos0 : W - 1; /* window rows before the chunk */
     int32_t ent0 = ls->n_entries, n_ent, k_cmp, k;
-    float *qr = NULL, *q, *kv, *rows = NULL, *o;
+    float *qr = NULL, *q, *kv, *rows = NULL, *o, *row_tmp;
     int32_t *idx = NULL, *sel = NULL;
     size_t qbytes, rbytes = 0, ibytes = 0, sbytes = 0;
     mls_status st;
 
-    qbytes = sizeof(float) * ((size_t)T * Q + (size_t)2 * T * H * d + (size_t)T * d);
+    qbytes = sizeof(float) * ((size_t)T * Q + (size_t)2 * T * H * d + (size_t)T * d + d);
     if ((qr = mls_alloc(MLS_ALLOC_TAG_SCRATCH, qbytes)) == NULL) {
         goto err_nomem;
     }
-    q = qr + (size_t)T * Q;     /* (T, H, d) */
-    o = q + (size_t)T * H * d;  /* (T, H, d) */
-    kv = o + (size_t)T * H * d; /* (T, d) */
+    q = qr + (size_t)T * Q;       /* (T, H, d) */
+    o = q + (size_t)T * H * d;    /* (T, H, d) */
+    kv = o + (size_t)T * H * d;   /* (T, d) */
+    row_tmp = kv + (size_t)T * d; /* (d): one stored row (kv_row <= 4d bytes) */
     if ((st = v4_attn_qkv(ctx, layer, x, T, pos0, qr, q, kv, err)) != MLS_OK) {
         goto out_free;
     }
+    if (ls->dtype != KVL_DTYPE_F32) {
+        /* attend to the chunk's vectors as they will be stored (rope dims rounded) */
+        for (int32_t t = 0; t < T; t++) {
+            eng_v4_kv_row_store(ls->dtype, d, r, kv + (size_t)t * d, (uint8_t *)row_tmp);
+            eng_v4_kv_row_load(ls->dtype, d, r, (const uint8_t *)row_tmp, kv + (size_t)t * d);
+        }
+    }
     /* compressed entries of the blocks this chunk completes */
     if (m > 0 && (st = eng_v4_compress(ctx, &L->compressor, ENG_V4_CMP_KV, layer, &ls->cmp, x, T,
-                                       pos0, ls->comp, &ls->n_entries, err))) {
+                                       pos0, ls->dtype, ls->comp, &ls->n_entries, err))) {
         goto out_free;
     }
     if (m == 4) {
-        int32_t n_keys = ent0;
+        int32_t n_keys = ent0, Id = ls->Id;
         if ((st = eng_v4_compress(ctx, &L->idx_compressor, ENG_V4_CMP_INDEX, layer, &ls->icmp, x, T,
-                                  pos0, ls->idx_keys, &n_keys, err))) {
+                                  pos0, ls->dtype, ls->idx_keys, &n_keys, err))) {
             goto out_free;
         }
-        sbytes = sizeof(int32_t) * (size_t)T * topk;
+        sbytes = sizeof(int32_t) * (size_t)T * topk + sizeof(float) * (size_t)n_keys * Id;
         if ((sel = mls_alloc(MLS_ALLOC_TAG_SCRATCH, sbytes)) == NULL) {
             goto err_nomem;
         }
-        if ((st = eng_v4_indexer_select(ctx, layer, qr, x, T, pos0, ls->idx_keys, n_keys, sel,
-                                        err))) {
+        float *keys = (float *)(sel + (size_t)T * topk); /* (n_keys, Id) as stored */
+        for (int32_t j = 0; j < n_keys; j++) {
+            eng_v4_idx_row_load(ls->dtype, Id, ls->idx_keys + (size_t)j * ls->idx_row,
+                                keys + (size_t)j * Id);
+        }
+        if ((st = eng_v4_indexer_select(ctx, layer, qr, x, T, pos0, keys, n_keys, sel, err))) {
             goto out_free;
         }
         if (ls->last_topk != NULL) {
@@ -159,11 +171,13 @@ mls_status eng_v4_attn_forward(eng_v4_ctx *ctx, int32_t layer, eng_v4_layer_stat
     }
     for (int32_t i = 0; i < n_hist; i++) {
         int32_t p = pos0 - n_hist + i;
-        memcpy(rows + (size_t)i * d, ls->window + (size_t)(p % W) * d, sizeof(float) * (size_t)d);
+        eng_v4_kv_row_load(ls->dtype, d, r, ls->window + (size_t)(p % W) * ls->kv_row,
+                           rows + (size_t)i * d);
     }
     memcpy(rows + (size_t)n_hist * d, kv, sizeof(float) * (size_t)T * d);
-    if (n_ent > 0) {
-        memcpy(rows + (size_t)(n_hist + T) * d, ls->comp, sizeof(float) * (size_t)n_ent * d);
+    for (int32_t j = 0; j < n_ent; j++) {
+        eng_v4_kv_row_load(ls->dtype, d, r, ls->comp + (size_t)j * ls->kv_row,
+                           rows + (size_t)(n_hist + T + j) * d);
     }
     /* idx (T, k): query t at p sees positions max(0, p-W+1) .. p (row p - pos0 + n_hist),
      * then its entries (row n_hist + T + j) */
@@ -202,8 +216,8 @@ mls_status eng_v4_attn_forward(eng_v4_ctx *ctx, int32_t layer, eng_v4_layer_stat
     }
     /* the window ring takes the chunk's vectors */
     for (int32_t t = 0; t < T; t++) {
-        memcpy(ls->window + (size_t)((pos0 + t) % W) * d, kv + (size_t)t * d,
-               sizeof(float) * (size_t)d);
+        eng_v4_kv_row_store(ls->dtype, d, r, kv + (size_t)t * d,
+                            ls->window + (size_t)((pos0 + t) % W) * ls->kv_row);
     }
     st = MLS_OK;
     goto out_free;

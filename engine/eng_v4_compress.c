@@ -57,13 +57,16 @@ static void v4_cmp_pool(const eng_v4_cmp_state *cs, float *entry)
 
 mls_status eng_v4_compress(eng_v4_ctx *ctx, const eng_v4_compressor *cmp, eng_v4_cmp_kind kind,
                            int32_t layer, eng_v4_cmp_state *cs, const float *x, int32_t T,
-                           int32_t pos0, float *entries, int32_t *n_entries_p, mls_err *err)
+                           int32_t pos0, kvl_dtype dtype, uint8_t *entries, int32_t *n_entries_p,
+                           mls_err *err)
 {
     const eng_config *c = &ctx->model->cfg;
     int32_t m = cs->ratio, w = cs->width, r = c->qk_rope_head_dim;
     int32_t coff = m == 4 ? 2 : 1, cw = coff * w;
-    size_t bytes = sizeof(float) * (size_t)T * (size_t)(2 * cw);
-    float *a, *b;
+    uint32_t row_bytes =
+        kind == ENG_V4_CMP_KV ? eng_v4_kv_row_bytes(dtype, w, r) : eng_v4_idx_row_bytes(dtype, w);
+    size_t bytes = sizeof(float) * ((size_t)T * (size_t)(2 * cw) + (size_t)w);
+    float *a, *b, *entry;
     mls_status st;
 
     if (T == 0) {
@@ -73,7 +76,8 @@ mls_status eng_v4_compress(eng_v4_ctx *ctx, const eng_v4_compressor *cmp, eng_v4
         mls_err_set(err, "out of memory for layer %d's compressor", layer);
         return MLS_ERR_NO_MEMORY;
     }
-    b = a + (size_t)T * cw;
+    b = a + (size_t)T * cw;     /* (T, c*d') */
+    entry = b + (size_t)T * cw; /* (d') */
     /* a, b (T, c*d'): the compressors take unquantized inputs */
     if ((st = eng_v4_linear(ctx, &cmp->wkv, x, T, a, false, err)) ||
         (st = eng_v4_linear(ctx, &cmp->wgate, x, T, b, false, err))) {
@@ -90,15 +94,17 @@ mls_status eng_v4_compress(eng_v4_ctx *ctx, const eng_v4_compressor *cmp, eng_v4
         if ((pos + 1) % m != 0) {
             continue;
         }
-        float *entry = entries + (int64_t)(*n_entries_p) * w;
         v4_cmp_pool(cs, entry);
         eng_v4_rmsnorm(entry, cmp->norm, 1, w, w, c->rms_norm_eps);
         eng_v4_rope_apply(eng_v4_layer_freqs(ctx, layer), r, pos + 1 - m, false, entry + w - r);
+        uint8_t *out = entries + (size_t)(*n_entries_p) * row_bytes;
         if (kind == ENG_V4_CMP_KV) {
             eng_v4_fp8_qdq(entry, w - r, ENG_V4_KV_FP8_BLOCK, entry, NULL);
+            eng_v4_kv_row_store(dtype, w, r, entry, out);
         } else {
             eng_v4_hadamard(entry, w);
             eng_v4_fp4_qdq(entry, w, entry, NULL);
+            eng_v4_idx_row_store(dtype, w, entry, out);
         }
         (*n_entries_p)++;
         if (m == 4) {

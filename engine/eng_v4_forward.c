@@ -102,20 +102,26 @@ static void v4_cmp_state_free(eng_v4_cmp_state *cs)
     }
 }
 
-mls_status eng_v4_state_create(const eng_v4_model *model, eng_v4_state **state_p)
+mls_status eng_v4_state_create(const eng_v4_model *model, kvl_dtype dtype, eng_v4_state **state_p)
 {
     const eng_config *c = &model->cfg;
     int32_t L = c->num_hidden_layers, W = c->v4.sliding_window, d = c->v4.head_dim;
+    int32_t r = c->qk_rope_head_dim;
     eng_v4_state *s;
 
+    if (dtype != KVL_DTYPE_F32 && dtype != KVL_DTYPE_FP8) {
+        return MLS_ERR_UNSUPPORTED;
+    }
+    if (dtype == KVL_DTYPE_FP8 && (d - r) % ENG_V4_KV_FP8_BLOCK != 0) {
+        return MLS_ERR_UNSUPPORTED;
+    }
     if ((s = mls_alloc(MLS_ALLOC_TAG_KV_POOL, sizeof(*s))) == NULL) {
         return MLS_ERR_NO_MEMORY;
     }
-    memset(s, 0, sizeof(*s));
+    s->dtype = dtype;
     if ((s->layers = mls_alloc(MLS_ALLOC_TAG_KV_POOL, sizeof(*s->layers) * (size_t)L)) == NULL) {
         goto err_destroy;
     }
-    memset(s->layers, 0, sizeof(*s->layers) * (size_t)L);
     s->n_layers = L;
     for (int32_t l = 0; l < L; l++) {
         eng_v4_layer_state *ls = &s->layers[l];
@@ -123,15 +129,16 @@ mls_status eng_v4_state_create(const eng_v4_model *model, eng_v4_state **state_p
         ls->W = W;
         ls->d = d;
         ls->Id = ls->ratio == 4 ? c->v4.index_head_dim : 0;
-        if ((ls->window = mls_alloc(MLS_ALLOC_TAG_KV_POOL, sizeof(float) * (size_t)W * d)) ==
-            NULL) {
+        ls->dtype = dtype;
+        ls->kv_row = eng_v4_kv_row_bytes(dtype, d, r);
+        ls->idx_row = ls->ratio == 4 ? eng_v4_idx_row_bytes(dtype, ls->Id) : 0;
+        if ((ls->window = mls_alloc(MLS_ALLOC_TAG_KV_POOL, (size_t)W * ls->kv_row)) == NULL) {
             goto err_destroy;
         }
-        memset(ls->window, 0, sizeof(float) * (size_t)W * d);
         if (ls->ratio > 0 && v4_cmp_state_init(&ls->cmp, ls->ratio, d) != MLS_OK) {
             goto err_destroy;
         }
-        if (ls->ratio == 4 && v4_cmp_state_init(&ls->icmp, 4, c->v4.index_head_dim) != MLS_OK) {
+        if (ls->ratio == 4 && v4_cmp_state_init(&ls->icmp, 4, ls->Id) != MLS_OK) {
             goto err_destroy;
         }
     }
@@ -150,10 +157,9 @@ void eng_v4_state_destroy(eng_v4_state *state)
     }
     for (int32_t l = 0; state->layers != NULL && l < state->n_layers; l++) {
         eng_v4_layer_state *ls = &state->layers[l];
-        mls_free(MLS_ALLOC_TAG_KV_POOL, ls->window, sizeof(float) * (size_t)ls->W * ls->d);
-        mls_free(MLS_ALLOC_TAG_KV_POOL, ls->comp, sizeof(float) * (size_t)ls->cap_entries * ls->d);
-        mls_free(MLS_ALLOC_TAG_KV_POOL, ls->idx_keys,
-                 sizeof(float) * (size_t)ls->cap_entries * ls->Id);
+        mls_free(MLS_ALLOC_TAG_KV_POOL, ls->window, (size_t)ls->W * ls->kv_row);
+        mls_free(MLS_ALLOC_TAG_KV_POOL, ls->comp, (size_t)ls->cap_entries * ls->kv_row);
+        mls_free(MLS_ALLOC_TAG_KV_POOL, ls->idx_keys, (size_t)ls->cap_entries * ls->idx_row);
         v4_cmp_state_free(&ls->cmp);
         v4_cmp_state_free(&ls->icmp);
     }
@@ -162,13 +168,13 @@ void eng_v4_state_destroy(eng_v4_state *state)
     mls_free(MLS_ALLOC_TAG_KV_POOL, state, sizeof(*state));
 }
 
-/* A copy of old (old_cap rows of width) with room for cap rows, or NULL. */
-static float *v4_grown(const float *old, int32_t width, int32_t old_cap, int32_t cap)
+/* A copy of old (old_cap rows of row_bytes) with room for cap rows, or NULL. */
+static uint8_t *v4_grown(const uint8_t *old, uint32_t row_bytes, int32_t old_cap, int32_t cap)
 {
-    float *n = mls_alloc(MLS_ALLOC_TAG_KV_POOL, sizeof(float) * (size_t)cap * width);
+    uint8_t *n = mls_alloc(MLS_ALLOC_TAG_KV_POOL, (size_t)cap * row_bytes);
 
     if (n != NULL && old_cap > 0) {
-        memcpy(n, old, sizeof(float) * (size_t)old_cap * width);
+        memcpy(n, old, (size_t)old_cap * row_bytes);
     }
     return n;
 }
@@ -178,7 +184,7 @@ mls_status eng_v4_state_reserve(eng_v4_state *state, const eng_v4_model *model, 
     (void)model;
     for (int32_t l = 0; l < state->n_layers; l++) {
         eng_v4_layer_state *ls = &state->layers[l];
-        float *comp, *keys = NULL;
+        uint8_t *comp, *keys = NULL;
         int32_t need;
         if (ls->ratio == 0 || (need = n_tokens / ls->ratio) <= ls->cap_entries) {
             continue;
@@ -186,18 +192,17 @@ mls_status eng_v4_state_reserve(eng_v4_state *state, const eng_v4_model *model, 
         if (need < 2 * ls->cap_entries) {
             need = 2 * ls->cap_entries;
         }
-        comp = v4_grown(ls->comp, ls->d, ls->cap_entries, need);
+        comp = v4_grown(ls->comp, ls->kv_row, ls->cap_entries, need);
         if (ls->ratio == 4) {
-            keys = v4_grown(ls->idx_keys, ls->Id, ls->cap_entries, need);
+            keys = v4_grown(ls->idx_keys, ls->idx_row, ls->cap_entries, need);
         }
         if (comp == NULL || (ls->ratio == 4 && keys == NULL)) {
-            mls_free(MLS_ALLOC_TAG_KV_POOL, comp, sizeof(float) * (size_t)need * ls->d);
-            mls_free(MLS_ALLOC_TAG_KV_POOL, keys, sizeof(float) * (size_t)need * ls->Id);
+            mls_free(MLS_ALLOC_TAG_KV_POOL, comp, (size_t)need * ls->kv_row);
+            mls_free(MLS_ALLOC_TAG_KV_POOL, keys, (size_t)need * ls->idx_row);
             return MLS_ERR_NO_MEMORY;
         }
-        mls_free(MLS_ALLOC_TAG_KV_POOL, ls->comp, sizeof(float) * (size_t)ls->cap_entries * ls->d);
-        mls_free(MLS_ALLOC_TAG_KV_POOL, ls->idx_keys,
-                 sizeof(float) * (size_t)ls->cap_entries * ls->Id);
+        mls_free(MLS_ALLOC_TAG_KV_POOL, ls->comp, (size_t)ls->cap_entries * ls->kv_row);
+        mls_free(MLS_ALLOC_TAG_KV_POOL, ls->idx_keys, (size_t)ls->cap_entries * ls->idx_row);
         ls->comp = comp;
         ls->idx_keys = keys;
         ls->cap_entries = need;

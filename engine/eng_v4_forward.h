@@ -18,13 +18,16 @@
  *
  * The state (eng_v4_state) is what the reference keeps per sequence
  * (README-v4 section 3): per layer the window ring, the compressed entries,
- * the indexer keys (CSA) and the compressors' partial blocks, all f32.
+ * the indexer keys (CSA) and the compressors' partial blocks (f32). Window
+ * rows, entries and keys are stored f32 or as FP8 rows (eng_v4_kvrow.c);
+ * attention reads what was stored, so a chunk's own rows go through the same
+ * rounding as the rows it reads back later.
  *
  * Files (each uses only those listed after it): eng_v4_forward.c (context,
  * state, mHC, blocks, head), eng_v4_attn.c (the attention half),
  * eng_v4_indexer.c (the lightning indexer), eng_v4_moe.c (the FFN half),
- * eng_v4_compress.c (compressors), eng_v4_linear.c (GEMM, RMSNorm, rotary
- * table).
+ * eng_v4_compress.c (compressors), eng_v4_kvrow.c (stored rows: f32 or
+ * FlashMLA's FP8 V4 rows), eng_v4_linear.c (GEMM, RMSNorm, rotary table).
  */
 #ifndef ENG_V4_FORWARD_H
 #define ENG_V4_FORWARD_H
@@ -51,9 +54,12 @@ typedef struct {
 typedef struct {
     int32_t ratio;     /* 0 window only, 4 CSA, else HCA */
     int32_t W, d, Id;  /* sliding_window, head_dim, index_head_dim */
-    float *window;     /* (W, d) ring: slot p mod W holds position p's K=V vector */
-    float *comp;       /* (cap_entries, d) compressed entries (ratio > 0) */
-    float *idx_keys;   /* (cap_entries, Id) indexer keys (CSA) */
+    kvl_dtype dtype;   /* how rows are stored: F32, or FP8 (eng_v4_kvrow.c) */
+    uint32_t kv_row;   /* bytes of a window row or compressed entry */
+    uint32_t idx_row;  /* bytes of an indexer key */
+    uint8_t *window;   /* (W, kv_row) ring: slot p mod W holds position p's K=V vector */
+    uint8_t *comp;     /* (cap_entries, kv_row) compressed entries (ratio > 0) */
+    uint8_t *idx_keys; /* (cap_entries, idx_row) indexer keys (CSA) */
     int32_t n_entries; /* compressed entries held */
     int32_t cap_entries;
     eng_v4_cmp_state cmp;  /* ratio > 0 */
@@ -65,6 +71,7 @@ typedef struct {
 /* One sequence's V4 state. Owned by the caller (eng_v4_state_destroy); the
  * engine API keeps one per eng_seq (eng_seq.v4). */
 typedef struct eng_v4_state {
+    kvl_dtype dtype; /* KVL_DTYPE_F32 or KVL_DTYPE_FP8 */
     int32_t n_layers;
     int32_t n_tokens;           /* positions [0, n_tokens) are folded in */
     eng_v4_layer_state *layers; /* [n_layers] */
@@ -83,8 +90,11 @@ mls_status eng_v4_ctx_create(const eng_v4_model *model, int n_threads, eng_v4_ct
                              mls_err *err);
 void eng_v4_ctx_destroy(eng_v4_ctx *ctx); /* accepts NULL */
 
-/* An empty state (no tokens) for model. */
-mls_status eng_v4_state_create(const eng_v4_model *model, eng_v4_state **state_p);
+/* An empty state (no tokens) for model, its rows stored as dtype: KVL_DTYPE_F32
+ * (the reference's values exactly) or KVL_DTYPE_FP8 (FlashMLA's V4 rows: the
+ * same values but the rope dims rounded to bf16). KVL_DTYPE_BF16 and an FP8
+ * state whose nope dims are not a multiple of 64: MLS_ERR_UNSUPPORTED. */
+mls_status eng_v4_state_create(const eng_v4_model *model, kvl_dtype dtype, eng_v4_state **state_p);
 void eng_v4_state_destroy(eng_v4_state *state); /* accepts NULL */
 /* Make room for compressed entries up to n_tokens positions. */
 mls_status eng_v4_state_reserve(eng_v4_state *state, const eng_v4_model *model, int32_t n_tokens);
@@ -142,13 +152,27 @@ typedef enum {
 void eng_v4_cmp_state_reset(eng_v4_cmp_state *cs);
 /*
  * Feed T tokens at positions pos0.. (x (T, D) the attention input): every
- * completed block appends one entry (d') to entries at *n_entries_p (room
- * for all of them is the caller's).
+ * completed block appends one entry (d') to entries at *n_entries_p, stored
+ * as dtype (eng_v4_kv_row_store / eng_v4_idx_row_store; room for all of them
+ * is the caller's).
  */
 mls_status eng_v4_compress(eng_v4_ctx *ctx, const eng_v4_compressor *cmp, eng_v4_cmp_kind kind,
                            int32_t layer, eng_v4_cmp_state *cs, const float *x, int32_t T,
-                           int32_t pos0, float *entries /* (cap, d') */, int32_t *n_entries_p,
-                           mls_err *err);
+                           int32_t pos0, kvl_dtype dtype, uint8_t *entries /* (cap, row bytes) */,
+                           int32_t *n_entries_p, mls_err *err);
+
+/* ---- stored rows (eng_v4_kvrow.c) ---------------------------------------------------- */
+
+/* Bytes of an entry (d values, the last r rope) / an indexer key (Id values) as dtype
+ * (F32: 4 per value; FP8: KVL_ROW_BYTES_V4_ENTRY / KVL_ROW_BYTES_V4_INDEXER). */
+uint32_t eng_v4_kv_row_bytes(kvl_dtype dtype, int32_t d, int32_t r);
+uint32_t eng_v4_idx_row_bytes(kvl_dtype dtype, int32_t Id);
+/* x (d) <-> row. FP8: [nope e4m3][UE8M0 per 64, padded to 8][rope bf16]. */
+void eng_v4_kv_row_store(kvl_dtype dtype, int32_t d, int32_t r, const float *x, uint8_t *row);
+void eng_v4_kv_row_load(kvl_dtype dtype, int32_t d, int32_t r, const uint8_t *row, float *x);
+/* x (Id) <-> row. FP8: [e2m1 x Id packed, low nibble first][UE8M0 per 32]. */
+void eng_v4_idx_row_store(kvl_dtype dtype, int32_t Id, const float *x, uint8_t *row);
+void eng_v4_idx_row_load(kvl_dtype dtype, int32_t Id, const uint8_t *row, float *x);
 
 /*
  * The lightning indexer (eng_v4_indexer.c) for T queries at pos0..: qr (T, Q)

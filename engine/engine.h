@@ -144,13 +144,19 @@ typedef struct {
     int n_threads;          /* CPU compute threads; <= 0: one per core */
     eng_device device;      /* the backend (ENG_DEVICE_CPU when zeroed) */
     int device_index;       /* CUDA device ordinal */
+    /* DeepSeek-V4 only: how each sequence's state stores its window rows,
+     * compressed entries and indexer keys: KVL_DTYPE_F32 (zeroed opts) or
+     * KVL_DTYPE_FP8 (FlashMLA's V4 rows); V2/V3 ignore it (the pool's layout
+     * says). */
+    kvl_dtype v4_kv_dtype;
 } eng_ctx_opts;
 
 /*
  * A context computing on opts->device (opts NULL: CPU, all cores). The pool
  * must live on the same device. A DeepSeek-V4 model computes on the CPU only
  * and keeps its state per sequence (eng_seq.v4), not in a pool: pool must be
- * NULL (MLS_ERR_INVALID_ARG otherwise; MLS_ERR_UNSUPPORTED for another device). Errors in *err (may be NULL): those of
+ * NULL (MLS_ERR_INVALID_ARG otherwise; MLS_ERR_UNSUPPORTED for another device
+ * or a v4_kv_dtype other than f32/fp8). Errors in *err (may be NULL): those of
  * eng_device_check, a pool/model shape mismatch (MLS_ERR_INVALID_ARG), and
  * for ENG_DEVICE_CUDA on a machine with a device, MLS_ERR_UNSUPPORTED: the
  * CUDA backend table is filled but the forward pass does not run on it yet.

@@ -28,6 +28,7 @@ typedef struct {
     eng_sampling sampling;
     uint64_t seed;
     kvl_dtype kv_dtype;
+    bool kv_dtype_given; /* --kv-dtype on the command line (DeepSeek-V4 defaults to fp8) */
     eng_device device;
     int threads;
     int32_t chunk;
@@ -39,7 +40,8 @@ static void gen_usage(FILE *out)
     fprintf(out,
             "usage: mlaserve generate --model DIR --prompt-ids 5,17,42 [options]\n"
             "\n"
-            "Run a DeepSeek-V2/V3-family checkpoint (Hugging Face layout).\n"
+            "Run a DeepSeek-V2/V3-family checkpoint (Hugging Face layout) or a\n"
+            "DeepSeek-V4 one (the release's layout; CPU, its KV state per sequence).\n"
             "Prints the generated token ids on stdout, speed on stderr.\n"
             "\n"
             "  --model DIR          checkpoint directory (config.json + safetensors)\n"
@@ -51,7 +53,8 @@ static void gen_usage(FILE *out)
             "  --top-k K            keep the K most likely tokens (default 0 = off)\n"
             "  --seed S             sampling seed (default 0)\n"
             "  --ignore-eos         keep generating after the model's eos token\n"
-            "  --kv-dtype D         latent KV cache: f32, bf16 (default) or fp8\n"
+            "  --kv-dtype D         latent KV cache: f32, bf16 (default) or fp8;\n"
+            "                       DeepSeek-V4: f32 or fp8 (default)\n"
             "  --device D           cpu (default) or cuda (needs a CUDA build and a GPU;\n"
             "                       fails at once, exit 2, where either is missing)\n"
             "  --threads N          compute threads (default: all cores)\n"
@@ -134,6 +137,7 @@ static int gen_parse_args(int argc, char **argv, gen_args *a)
                 fprintf(stderr, "generate: --kv-dtype must be f32, bf16 or fp8, not '%s'\n", optarg);
                 return 2;
             }
+            a->kv_dtype_given = true;
             break;
         case OPT_DEVICE:
             if (eng_device_parse(optarg, &a->device) != MLS_OK) {
@@ -230,13 +234,18 @@ int mls_cmd_generate(int argc, char **argv)
         }
     }
     if (c->is_v4) {
-        /* DeepSeek-V4: the engine keeps an f32 state per sequence (eng_seq.v4), no pool */
+        /* DeepSeek-V4: the engine keeps a state per sequence (eng_seq.v4), no pool */
         eng_ctx_opts ctx_opts = {.n_threads = a.threads, .device = a.device};
-        if (a.kv_dtype != KVL_DTYPE_F32) {
-            fprintf(stderr, "generate: DeepSeek-V4 models keep an f32 KV state for now: pass "
-                            "--kv-dtype f32\n");
+        if (!a.kv_dtype_given) {
+            a.kv_dtype = KVL_DTYPE_FP8;
+        }
+        if (a.kv_dtype != KVL_DTYPE_F32 && a.kv_dtype != KVL_DTYPE_FP8) {
+            fprintf(stderr, "generate: DeepSeek-V4 stores its KV as f32 or fp8 (FlashMLA's V4 "
+                            "rows), not %s\n",
+                    kvl_dtype_name(a.kv_dtype));
             goto out;
         }
+        ctx_opts.v4_kv_dtype = a.kv_dtype;
         if ((st = eng_ctx_create_opts(model, NULL, &ctx_opts, &ctx, &err)) != MLS_OK) {
             fprintf(stderr, "generate: %s (%s)\n", err.msg, mls_status_name(st));
             goto out;
@@ -305,7 +314,8 @@ int mls_cmd_generate(int argc, char **argv)
         snprintf(kv_desc, sizeof(kv_desc), "%s, %llu B/token", kvl_dtype_name(a.kv_dtype),
                  (unsigned long long)eng_kv_pool_bytes_per_token(pool));
     } else {
-        snprintf(kv_desc, sizeof(kv_desc), "f32 state per sequence (DeepSeek-V4)");
+        snprintf(kv_desc, sizeof(kv_desc), "%s state per sequence (DeepSeek-V4)",
+                 kvl_dtype_name(a.kv_dtype));
     }
 
     for (int32_t i = 0; i < n_gen; i++) {

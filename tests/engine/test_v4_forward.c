@@ -19,7 +19,10 @@
  *     prompt, then the golden greedy ids: greedy_logits[1..15] within 1e-3 per
  *     step, argmax exact, one isolated flip step allowed - see check_handoff);
  *   - chunked prefill (chunks of 1, 3, 5, 16 tokens) gives one prefill call's
- *     last logits and state;
+ *     last logits and state, with an f32 and with an fp8 state;
+ *   - the fp8 state (FlashMLA's V4 rows): every stored entry's nope dims and
+ *     every indexer key come back bit for bit, the rope dims as bf16; its end
+ *     to end figures are reported (see check_end_to_end);
  *   - the engine API (eng_model_load .. eng_decode_step) and `mlaserve
  *     generate --kv-dtype f32` reproduce the greedy ids.
  */
@@ -193,7 +196,7 @@ static void check_layer_local(v4_fixture *f, const char *name, int seq, int32_t 
         CHECK_MSG(in != NULL, "%s: no seq%d.%s", name, seq, what);
         memcpy(resid, in, sizeof(float) * (size_t)T * h * D);
     }
-    CHECK_OK(eng_v4_state_create(f->model, &state));
+    CHECK_OK(eng_v4_state_create(f->model, KVL_DTYPE_F32, &state));
     CHECK_OK(eng_v4_state_reserve(state, f->model, (int32_t)T));
     eng_v4_layer_state *ls = &state->layers[layer];
     int32_t last_topk[64];
@@ -222,7 +225,7 @@ static void check_layer_local(v4_fixture *f, const char *name, int seq, int32_t 
     const float *win = golden(f, seq, what, NULL);
     CHECK_MSG(win != NULL, "%s: no seq%d.%s", name, seq, what);
     for (int64_t p = T > W ? T - W : 0; p < T; p++) {
-        cmp_rows(&sc, ls->window, d, win, d, p % W, p % W + 1, d);
+        cmp_rows(&sc, (float *)ls->window, d, win, d, p % W, p % W + 1, d);
     }
     int topk_missing = 0;
     if (m > 0) {
@@ -230,7 +233,7 @@ static void check_layer_local(v4_fixture *f, const char *name, int seq, int32_t 
         const float *comp = golden(f, seq, what, NULL);
         CHECK_EQ_INT(ls->n_entries, T / m);
         if (comp != NULL) {
-            cmp_rows(&sc, ls->comp, d, comp, d, 0, T / m, d);
+            cmp_rows(&sc, (float *)ls->comp, d, comp, d, 0, T / m, d);
         }
         snprintf(what, sizeof(what), "compressor.kv_state.layer%d", layer);
         const float *kvs = golden(f, seq, what, NULL);
@@ -244,7 +247,7 @@ static void check_layer_local(v4_fixture *f, const char *name, int seq, int32_t 
         snprintf(what, sizeof(what), "index_keys.layer%d", layer);
         const float *keys = golden(f, seq, what, NULL);
         if (keys != NULL) {
-            cmp_rows(&sc, ls->idx_keys, Id, keys, Id, 0, T / 4, Id);
+            cmp_rows(&sc, (float *)ls->idx_keys, Id, keys, Id, 0, T / 4, Id);
         }
         snprintf(what, sizeof(what), "index_compressor.kv_state.layer%d", layer);
         const float *kvs = golden(f, seq, what, NULL);
@@ -329,7 +332,7 @@ static bool same_set(const int32_t *a, const int32_t *b, int32_t n)
 }
 
 /* Prefill seq's prompt, then 15 greedy decode steps; the checks of the header. */
-static void check_end_to_end(v4_fixture *f, const char *name, int seq)
+static void check_end_to_end(v4_fixture *f, const char *name, int seq, kvl_dtype dtype)
 {
     const eng_config *c = &f->model->cfg;
     int32_t V = c->vocab_size, K = c->v4.index_topk, L = c->num_hidden_layers;
@@ -348,7 +351,7 @@ static void check_end_to_end(v4_fixture *f, const char *name, int seq)
 
     CHECK(ids != NULL && want != NULL && want_ids != NULL && want_greedy != NULL);
     CHECK(logits != NULL && greedy != NULL && K <= 64);
-    CHECK_OK(eng_v4_state_create(f->model, &state));
+    CHECK_OK(eng_v4_state_create(f->model, dtype, &state));
     CHECK_MSG(eng_v4_forward(f->ctx, state, ids, (int32_t)T, true, logits, &err) == MLS_OK, "%s",
               err.msg);
     double seq_err = mls_test_rel_l2(logits, want, (size_t)T * V);
@@ -385,15 +388,31 @@ static void check_end_to_end(v4_fixture *f, const char *name, int seq)
             topk_diff += !same_set(sel[l], want_sel + (i - 1) * K, n);
         }
     }
-    int ids_equal = memcmp(got_ids, want_ids, sizeof(got_ids)) == 0;
+    int ids_equal = memcmp(got_ids, want_ids, sizeof(got_ids)) == 0, first_diff = 0;
+    while (first_diff < 16 && got_ids[first_diff] == want_ids[first_diff]) {
+        first_diff++;
+    }
+    char ids_msg[48];
+    snprintf(ids_msg, sizeof(ids_msg), ids_equal ? "equal" : "DIFFER from step %d", first_diff);
     double greedy_err = mls_test_rel_l2(greedy, want_greedy, 16 * (size_t)V);
     fprintf(stderr,
-            "  %s seq%d (%lld tokens): prefill rel L2 %.3g, worst position %.3g, %d positions > "
+            "  %s%s seq%d (%lld tokens): prefill rel L2 %.3g, worst position %.3g, %d positions > "
             "1e-2, top-1 %d/%lld; greedy ids %s, greedy logits %.3g; decode top-k sets differing "
             "%d\n",
-            name, seq, (long long)T, seq_err, worst_pos, n_pos_above, top1, (long long)T,
-            ids_equal ? "equal" : "DIFFER", greedy_err, topk_diff);
-    if (seq == 0) {
+            name, dtype == KVL_DTYPE_F32 ? "" : " (fp8 state)", seq, (long long)T, seq_err,
+            worst_pos, n_pos_above, top1, (long long)T, ids_msg, greedy_err, topk_diff);
+    if (dtype != KVL_DTYPE_F32) {
+        /* The fp8 state rounds the stored rope dims to bf16 (FlashMLA's V4 row); the
+         * figures are reported, with a loose bound against gross errors. tiny-v4
+         * seq0's greedy ids stay exact; tiny-v4-fp8's diverge: these random-weight
+         * models amplify a 2^-9 change of the rope dims through FP8 flips (an f32
+         * state with only its stored rope dims rounded to bf16 moves tiny-v4-fp8
+         * seq0's prefill logits by 7.9e-2 and changes its greedy ids too). */
+        CHECK_MSG(f != &fx_bf16 || seq != 0 || ids_equal, "fp8 state: seq0's greedy ids differ");
+        CHECK_MSG(seq_err <= 0.2 && top1 >= 0.9 * T,
+                  "fp8 state: prefill rel L2 %.3g (0.2), top-1 %d/%lld (0.9)", seq_err, top1,
+                  (long long)T);
+    } else if (seq == 0) {
         CHECK_MSG(seq_err <= 5e-3 && worst_pos <= 2e-2 && top1 == T,
                   "seq0 prefill: %.3g (5e-3), worst position %.3g (2e-2), top-1 %d/%lld", seq_err,
                   worst_pos, top1, (long long)T);
@@ -402,9 +421,11 @@ static void check_end_to_end(v4_fixture *f, const char *name, int seq)
                   "seq%d prefill: %.3g (5e-2), %d positions > 1e-2, top-1 %d/%lld", seq, seq_err,
                   n_pos_above, top1, (long long)T);
     }
-    CHECK_MSG(ids_equal, "greedy ids differ");
-    CHECK_MSG(greedy_err <= 5e-2, "greedy logits rel L2 %.3g > 5e-2", greedy_err);
-    CHECK_MSG(topk_diff <= 1, "%d decode top-k sets differ", topk_diff);
+    if (dtype == KVL_DTYPE_F32) {
+        CHECK_MSG(ids_equal, "greedy ids differ");
+        CHECK_MSG(greedy_err <= 5e-2, "greedy logits rel L2 %.3g > 5e-2", greedy_err);
+        CHECK_MSG(topk_diff <= 1, "%d decode top-k sets differ", topk_diff);
+    }
     eng_v4_state_destroy(state);
     free(logits);
     free(greedy);
@@ -413,15 +434,15 @@ static void check_end_to_end(v4_fixture *f, const char *name, int seq)
 static void test_end_to_end_bf16(void)
 {
     CHECK_MSG(fixture_open("tiny-v4", &fx_bf16), "tiny-v4 did not load");
-    check_end_to_end(&fx_bf16, "tiny-v4", 0);
-    check_end_to_end(&fx_bf16, "tiny-v4", 1);
+    check_end_to_end(&fx_bf16, "tiny-v4", 0, KVL_DTYPE_F32);
+    check_end_to_end(&fx_bf16, "tiny-v4", 1, KVL_DTYPE_F32);
 }
 
 static void test_end_to_end_fp8(void)
 {
     CHECK_MSG(fixture_open("tiny-v4-fp8", &fx_fp8), "tiny-v4-fp8 did not load");
-    check_end_to_end(&fx_fp8, "tiny-v4-fp8", 0);
-    check_end_to_end(&fx_fp8, "tiny-v4-fp8", 1);
+    check_end_to_end(&fx_fp8, "tiny-v4-fp8", 0, KVL_DTYPE_F32);
+    check_end_to_end(&fx_fp8, "tiny-v4-fp8", 1, KVL_DTYPE_F32);
 }
 
 /* ---- handoff ------------------------------------------------------------------------------ */
@@ -463,17 +484,18 @@ static void check_handoff(v4_fixture *f, const char *name, int seq)
     int argmax_ok = 1, n_flip = 0;
 
     CHECK(ids != NULL && want_ids != NULL && want != NULL && logits != NULL);
-    CHECK_OK(eng_v4_state_create(f->model, &state));
+    CHECK_OK(eng_v4_state_create(f->model, KVL_DTYPE_F32, &state));
     CHECK_OK(eng_v4_state_reserve(state, f->model, (int32_t)T + 16));
     for (int32_t l = 0; l < state->n_layers; l++) {
         eng_v4_layer_state *ls = &state->layers[l];
         int32_t m = ls->ratio;
-        CHECK(load_state_part(f, seq, "kv_window", l, ls->window, (int64_t)W * d));
+        CHECK(load_state_part(f, seq, "kv_window", l, (float *)ls->window, (int64_t)W * d));
         if (m > 0) {
             int32_t cw = (m == 4 ? 2 : 1) * d, rows = (m == 4 ? 2 : 1) * m;
             ls->n_entries = (int32_t)(T / m);
-            CHECK(ls->n_entries == 0 || load_state_part(f, seq, "kv_compressed", l, ls->comp,
-                                                        (int64_t)ls->n_entries * d));
+            CHECK(ls->n_entries == 0 ||
+                  load_state_part(f, seq, "kv_compressed", l, (float *)ls->comp,
+                                  (int64_t)ls->n_entries * d));
             CHECK(
                 load_state_part(f, seq, "compressor.kv_state", l, ls->cmp.kv, (int64_t)rows * cw));
             CHECK(load_state_part(f, seq, "compressor.score_state", l, ls->cmp.score,
@@ -481,8 +503,9 @@ static void check_handoff(v4_fixture *f, const char *name, int seq)
         }
         if (m == 4) {
             int32_t Id = ls->Id;
-            CHECK(ls->n_entries == 0 || load_state_part(f, seq, "index_keys", l, ls->idx_keys,
-                                                        (int64_t)ls->n_entries * Id));
+            CHECK(ls->n_entries == 0 ||
+                  load_state_part(f, seq, "index_keys", l, (float *)ls->idx_keys,
+                                  (int64_t)ls->n_entries * Id));
             CHECK(load_state_part(f, seq, "index_compressor.kv_state", l, ls->icmp.kv,
                                   (int64_t)8 * 2 * Id));
             CHECK(load_state_part(f, seq, "index_compressor.score_state", l, ls->icmp.score,
@@ -525,7 +548,7 @@ static void test_handoff(void)
 
 /* seq1's prompt in chunks of `chunk` gives one prefill call's last logits and the
  * same state (up to isolated FP8 flips, README-v4 section 6). */
-static void check_chunks(v4_fixture *f, const char *name, int32_t chunk)
+static void check_chunks(v4_fixture *f, const char *name, int32_t chunk, kvl_dtype dtype)
 {
     const eng_config *c = &f->model->cfg;
     int32_t V = c->vocab_size;
@@ -537,8 +560,8 @@ static void check_chunks(v4_fixture *f, const char *name, int32_t chunk)
     v4_cmp sc = {0};
 
     CHECK(ids != NULL && one != NULL && chunked != NULL);
-    CHECK_OK(eng_v4_state_create(f->model, &a));
-    CHECK_OK(eng_v4_state_create(f->model, &b));
+    CHECK_OK(eng_v4_state_create(f->model, dtype, &a));
+    CHECK_OK(eng_v4_state_create(f->model, dtype, &b));
     CHECK_MSG(eng_v4_forward(f->ctx, a, ids, (int32_t)T, false, one, &err) == MLS_OK, "%s",
               err.msg);
     for (int32_t p = 0; p < T; p += chunk) {
@@ -546,20 +569,30 @@ static void check_chunks(v4_fixture *f, const char *name, int32_t chunk)
         CHECK_MSG(eng_v4_forward(f->ctx, b, ids + p, n, false, chunked, &err) == MLS_OK, "%s",
                   err.msg);
     }
-    for (int32_t l = 0; l < a->n_layers; l++) {
+    for (int32_t l = 0; dtype != KVL_DTYPE_F32 && l < a->n_layers; l++) {
+        /* stored rows: byte for byte (up to isolated FP8 flips, counted as "off") */
         eng_v4_layer_state *x = &a->layers[l], *y = &b->layers[l];
-        cmp_rows(&sc, y->window, x->d, x->window, x->d, 0, x->W, x->d);
+        CHECK_EQ_INT(x->n_entries, y->n_entries);
+        sc.off += memcmp(x->window, y->window, (size_t)x->W * x->kv_row) != 0;
+        sc.off += memcmp(x->comp, y->comp, (size_t)x->n_entries * x->kv_row) != 0;
+        sc.off += memcmp(x->idx_keys, y->idx_keys, (size_t)x->n_entries * x->idx_row) != 0;
+    }
+    for (int32_t l = 0; dtype == KVL_DTYPE_F32 && l < a->n_layers; l++) {
+        eng_v4_layer_state *x = &a->layers[l], *y = &b->layers[l];
+        cmp_rows(&sc, (float *)y->window, x->d, (float *)x->window, x->d, 0, x->W, x->d);
         CHECK_EQ_INT(x->n_entries, y->n_entries);
         if (x->ratio > 0) {
-            cmp_rows(&sc, y->comp, x->d, x->comp, x->d, 0, x->n_entries, x->d);
+            cmp_rows(&sc, (float *)y->comp, x->d, (float *)x->comp, x->d, 0, x->n_entries, x->d);
         }
         if (x->ratio == 4) {
-            cmp_rows(&sc, y->idx_keys, x->Id, x->idx_keys, x->Id, 0, x->n_entries, x->Id);
+            cmp_rows(&sc, (float *)y->idx_keys, x->Id, (float *)x->idx_keys, x->Id, 0, x->n_entries,
+                     x->Id);
         }
     }
     double e = mls_test_rel_l2(chunked, one, (size_t)V);
-    fprintf(stderr, "  %s chunks of %d: last logits rel L2 %.3g; state %lld off 1e-5 (%lld far)\n",
-            name, chunk, e, (long long)sc.off, (long long)sc.far);
+    fprintf(stderr, "  %s%s chunks of %d: last logits rel L2 %.3g; state %lld off (%lld far)\n",
+            name, dtype == KVL_DTYPE_F32 ? "" : " (fp8 state)", chunk, e, (long long)sc.off,
+            (long long)sc.far);
     CHECK_MSG(e <= 1e-3 && argmax(one, V) == argmax(chunked, V), "chunks of %d: %.3g", chunk, e);
     CHECK_MSG(sc.far == 0 && sc.off <= 4, "chunks of %d: %lld state elements off", chunk,
               (long long)sc.off);
@@ -575,15 +608,90 @@ static void test_chunked_prefill(void)
     CHECK_MSG(fixture_open("tiny-v4", &fx_bf16), "tiny-v4 did not load");
     CHECK_MSG(fixture_open("tiny-v4-fp8", &fx_fp8), "tiny-v4-fp8 did not load");
     for (size_t i = 0; i < sizeof(chunks) / sizeof(chunks[0]); i++) {
-        check_chunks(&fx_bf16, "tiny-v4", chunks[i]);
-        check_chunks(&fx_fp8, "tiny-v4-fp8", chunks[i]);
+        check_chunks(&fx_bf16, "tiny-v4", chunks[i], KVL_DTYPE_F32);
+        check_chunks(&fx_fp8, "tiny-v4-fp8", chunks[i], KVL_DTYPE_F32);
+        check_chunks(&fx_bf16, "tiny-v4", chunks[i], KVL_DTYPE_FP8);
+        check_chunks(&fx_fp8, "tiny-v4-fp8", chunks[i], KVL_DTYPE_FP8);
+    }
+}
+
+/* ---- the fp8 state ----------------------------------------------------------------------------
+ */
+
+/* Every row of an f32 state after seq1's prompt, stored as an FP8 row and read back:
+ * the nope dims and the indexer keys bit for bit, the rope dims rounded to bf16, the
+ * row sizes those of mls_kv_layout.h. */
+static void check_fp8_rows(v4_fixture *f, const char *name)
+{
+    const eng_config *c = &f->model->cfg;
+    int32_t d = c->v4.head_dim, r = c->qk_rope_head_dim, Id = c->v4.index_head_dim;
+    int64_t T = 0;
+    const int32_t *ids = golden(f, 1, "prompt_ids", &T);
+    eng_v4_state *state = NULL;
+    uint8_t row[4096];
+    float back[1024];
+    int64_t n_rows = 0, n_keys = 0, bad = 0;
+    mls_err err = {{0}};
+
+    CHECK(ids != NULL && d <= 1024 && Id <= 1024);
+    CHECK_EQ_INT(eng_v4_kv_row_bytes(KVL_DTYPE_FP8, d, r), KVL_ROW_BYTES_V4_ENTRY(d - r, r));
+    CHECK_EQ_INT(eng_v4_idx_row_bytes(KVL_DTYPE_FP8, Id), KVL_ROW_BYTES_V4_INDEXER(Id));
+    CHECK_EQ_INT(eng_v4_kv_row_bytes(KVL_DTYPE_FP8, 512, 64), 584);
+    CHECK_EQ_INT(eng_v4_idx_row_bytes(KVL_DTYPE_FP8, 128), 68);
+    CHECK_OK(eng_v4_state_create(f->model, KVL_DTYPE_F32, &state));
+    CHECK_MSG(eng_v4_forward(f->ctx, state, ids, (int32_t)T, false, NULL, &err) == MLS_OK, "%s",
+              err.msg);
+    for (int32_t l = 0; l < state->n_layers; l++) {
+        eng_v4_layer_state *ls = &state->layers[l];
+        int32_t n_win = T < ls->W ? (int32_t)T : ls->W;
+        for (int32_t i = 0; i < n_win + ls->n_entries; i++) {
+            const float *x = i < n_win ? (const float *)ls->window + (size_t)i * d
+                                       : (const float *)ls->comp + (size_t)(i - n_win) * d;
+            eng_v4_kv_row_store(KVL_DTYPE_FP8, d, r, x, row);
+            eng_v4_kv_row_load(KVL_DTYPE_FP8, d, r, row, back);
+            bad += memcmp(back, x, sizeof(float) * (size_t)(d - r)) != 0;
+            for (int32_t k = d - r; k < d; k++) {
+                bad += back[k] != mls_bf16_to_f32(mls_f32_to_bf16(x[k]));
+            }
+            n_rows++;
+        }
+        for (int32_t j = 0; ls->ratio == 4 && j < ls->n_entries; j++) {
+            const float *x = (const float *)ls->idx_keys + (size_t)j * Id;
+            eng_v4_idx_row_store(KVL_DTYPE_FP8, Id, x, row);
+            eng_v4_idx_row_load(KVL_DTYPE_FP8, Id, row, back);
+            bad += memcmp(back, x, sizeof(float) * (size_t)Id) != 0;
+            n_keys++;
+        }
+    }
+    fprintf(stderr, "  %s: %lld entries and %lld indexer keys through the fp8 rows, %lld differ\n",
+            name, (long long)n_rows, (long long)n_keys, (long long)bad);
+    CHECK_MSG(bad == 0, "%lld rows do not survive the fp8 store", (long long)bad);
+    eng_v4_state_destroy(state);
+}
+
+static void test_fp8_rows_bit_exact(void)
+{
+    CHECK_MSG(fixture_open("tiny-v4", &fx_bf16), "tiny-v4 did not load");
+    CHECK_MSG(fixture_open("tiny-v4-fp8", &fx_fp8), "tiny-v4-fp8 did not load");
+    check_fp8_rows(&fx_bf16, "tiny-v4");
+    check_fp8_rows(&fx_fp8, "tiny-v4-fp8");
+}
+
+/* End to end with the fp8 state: figures reported, seq0's greedy ids exact. */
+static void test_fp8_end_to_end(void)
+{
+    CHECK_MSG(fixture_open("tiny-v4", &fx_bf16), "tiny-v4 did not load");
+    CHECK_MSG(fixture_open("tiny-v4-fp8", &fx_fp8), "tiny-v4-fp8 did not load");
+    for (int seq = 0; seq < 2; seq++) {
+        check_end_to_end(&fx_bf16, "tiny-v4", seq, KVL_DTYPE_FP8);
+        check_end_to_end(&fx_fp8, "tiny-v4-fp8", seq, KVL_DTYPE_FP8);
     }
 }
 
 /* ---- the engine API ------------------------------------------------------------------------ */
 
 /* eng_model_load / eng_ctx_create_opts / eng_prefill (chunks of 7) / eng_decode_step run
- * tiny-v4 seq0's greedy continuation; a pool or a CUDA context is refused clearly. */
+ * tiny-v4 seq0's greedy continuation; a CUDA context or a bf16 state is refused clearly. */
 static void test_engine_api(void)
 {
     char dir[600];
@@ -591,7 +699,7 @@ static void test_engine_api(void)
     eng_ctx *ctx = NULL;
     eng_seq seq;
     mls_err err = {{0}};
-    eng_ctx_opts opts = {2, ENG_DEVICE_CPU, 0}, cuda = {2, ENG_DEVICE_CUDA, 0};
+    eng_ctx_opts opts = {.n_threads = 2}, cuda = {.n_threads = 2, .device = ENG_DEVICE_CUDA};
     int32_t V, ids[16];
     float *logits;
 
@@ -601,6 +709,10 @@ static void test_engine_api(void)
     V = eng_model_config(model)->vocab_size;
     CHECK_STATUS(eng_ctx_create_opts(model, NULL, &cuda, &ctx, &err), MLS_ERR_UNSUPPORTED);
     CHECK_MSG(strstr(err.msg, "CPU only") != NULL, "message: %s", err.msg);
+    opts.v4_kv_dtype = KVL_DTYPE_BF16;
+    CHECK_STATUS(eng_ctx_create_opts(model, NULL, &opts, &ctx, &err), MLS_ERR_UNSUPPORTED);
+    CHECK_MSG(strstr(err.msg, "f32 or fp8") != NULL, "message: %s", err.msg);
+    opts.v4_kv_dtype = KVL_DTYPE_F32;
     CHECK_MSG(eng_ctx_create_opts(model, NULL, &opts, &ctx, &err) == MLS_OK, "%s", err.msg);
     eng_ctx_set_chunk(ctx, 7);
     int64_t T = 0;
@@ -627,8 +739,8 @@ static void test_engine_api(void)
     eng_model_destroy(model);
 }
 
-/* `mlaserve generate --kv-dtype f32` on tiny-v4 prints seq0's golden greedy ids; another
- * --kv-dtype is refused with the reason. */
+/* `mlaserve generate --kv-dtype f32` on tiny-v4 prints seq0's golden greedy ids (and so
+ * does the default, fp8); --kv-dtype bf16 is refused with the reason. */
 static void test_cli_generate(void)
 {
     const char *bin = MLS_BIN_DIR "/mlaserve";
@@ -644,35 +756,38 @@ static void test_cli_generate(void)
     const int32_t *prompt = golden(&fx_bf16, 0, "prompt_ids", &T);
     const int32_t *greedy = golden(&fx_bf16, 0, "greedy_ids", NULL);
     CHECK(prompt != NULL && greedy != NULL);
-    len = (size_t)snprintf(cmd, sizeof(cmd),
-                           "%s generate --model %s --kv-dtype f32 --threads 2 "
-                           "--max-tokens 16 --ignore-eos --prompt-ids ",
-                           bin, dir);
-    for (int64_t t = 0; t < T; t++) {
-        len += (size_t)snprintf(cmd + len, sizeof(cmd) - len, "%s%d", t ? "," : "", prompt[t]);
-    }
-    snprintf(cmd + len, sizeof(cmd) - len, " 2>/dev/null");
     for (int i = 0, n = 0; i < 16; i++) {
         n += snprintf(want + n, sizeof(want) - (size_t)n, "%s%d", i ? "," : "", greedy[i]);
     }
-    f = popen(cmd, "r");
-    CHECK(f != NULL);
-    out[0] = '\0';
-    CHECK(fgets(out, sizeof(out), f) != NULL);
-    rc = pclose(f);
-    out[strcspn(out, "\n")] = '\0';
-    CHECK_MSG(WIFEXITED(rc) && WEXITSTATUS(rc) == 0, "generate exited %d", rc);
-    CHECK_MSG(strcmp(out, want) == 0, "generate printed %s, want %s", out, want);
+    for (int run = 0; run < 2; run++) {
+        len = (size_t)snprintf(cmd, sizeof(cmd),
+                               "%s generate --model %s %s --threads 2 --max-tokens 16 "
+                               "--ignore-eos --prompt-ids ",
+                               bin, dir, run == 0 ? "--kv-dtype f32" : "");
+        for (int64_t t = 0; t < T; t++) {
+            len += (size_t)snprintf(cmd + len, sizeof(cmd) - len, "%s%d", t ? "," : "", prompt[t]);
+        }
+        snprintf(cmd + len, sizeof(cmd) - len, " 2>/dev/null");
+        f = popen(cmd, "r");
+        CHECK(f != NULL);
+        out[0] = '\0';
+        CHECK(fgets(out, sizeof(out), f) != NULL);
+        rc = pclose(f);
+        out[strcspn(out, "\n")] = '\0';
+        CHECK_MSG(WIFEXITED(rc) && WEXITSTATUS(rc) == 0, "generate exited %d", rc);
+        CHECK_MSG(strcmp(out, want) == 0, "generate (%s) printed %s, want %s",
+                  run == 0 ? "f32" : "fp8", out, want);
+    }
 
-    snprintf(cmd, sizeof(cmd), "%s generate --model %s --kv-dtype fp8 --prompt-ids 5,6 2>&1", bin,
+    snprintf(cmd, sizeof(cmd), "%s generate --model %s --kv-dtype bf16 --prompt-ids 5,6 2>&1", bin,
              dir);
     f = popen(cmd, "r");
     CHECK(f != NULL);
     out[0] = '\0';
     CHECK(fgets(out, sizeof(out), f) != NULL);
     rc = pclose(f);
-    CHECK_MSG(WIFEXITED(rc) && WEXITSTATUS(rc) != 0, "generate --kv-dtype fp8 exited 0");
-    CHECK_MSG(strstr(out, "--kv-dtype f32") != NULL, "message: %s", out);
+    CHECK_MSG(WIFEXITED(rc) && WEXITSTATUS(rc) != 0, "generate --kv-dtype bf16 exited 0");
+    CHECK_MSG(strstr(out, "f32 or fp8") != NULL, "message: %s", out);
 }
 
 int main(void)
@@ -683,6 +798,8 @@ int main(void)
     MLS_TEST_RUN(test_end_to_end_fp8);
     MLS_TEST_RUN(test_handoff);
     MLS_TEST_RUN(test_chunked_prefill);
+    MLS_TEST_RUN(test_fp8_rows_bit_exact);
+    MLS_TEST_RUN(test_fp8_end_to_end);
     MLS_TEST_RUN(test_engine_api);
     MLS_TEST_RUN(test_cli_generate);
     fixture_close(&fx_bf16);
