@@ -19,6 +19,31 @@
 #include "eng_v4_ops.h"
 #include "mls_alloc.h"
 
+/* Sparse attention of T queries x H heads, split over the CPU backend's threads by
+ * (query, head) (eng_v4_sparse_attn's maths, one head at a time). */
+typedef struct {
+    const float *q;     /* (T, H, d) */
+    const float *rows;  /* (n_rows, d) */
+    const int32_t *idx; /* (T, k) */
+    const float *sink;  /* (H) */
+    float *o;           /* (T, H, d) */
+    int32_t T, H, d, n_rows, k;
+    float scale;
+} v4_attn_job;
+
+static void v4_attn_task(void *arg, int task, int n_tasks)
+{
+    const v4_attn_job *j = arg;
+    int64_t units = (int64_t)j->T * j->H;
+    int64_t u0 = units * task / n_tasks, u1 = units * (task + 1) / n_tasks;
+
+    for (int64_t u = u0; u < u1; u++) {
+        int64_t t = u / j->H, h = u % j->H;
+        eng_v4_sparse_attn(j->q + u * j->d, j->rows, j->idx + t * j->k, j->sink + h, 1, 1, j->d,
+                           j->n_rows, j->k, j->scale, j->o + u * j->d);
+    }
+}
+
 /* q (T, H, d) and kv (T, d) of the chunk; qr (T, Q) kept for the indexer. */
 static mls_status v4_attn_qkv(eng_v4_ctx *ctx, int32_t layer, const float *x, int32_t T,
                               int32_t pos0, float *qr, float *q, float *kv, mls_err *err)
@@ -204,8 +229,14 @@ mls_status eng_v4_attn_forward(eng_v4_ctx *ctx, int32_t layer, eng_v4_layer_stat
             it[n++] = -1;
         }
     }
-    eng_v4_sparse_attn(q, rows, idx, L->attn_sink, T, H, d, n_hist + T + n_ent, k,
-                       1.0f / sqrtf((float)d), o);
+    {
+        /* the CPU backend's context is its kc_pool (a V4 context is CPU-only) */
+        kc_pool *pool = ctx->bctx;
+        v4_attn_job job = {
+            q, rows, idx, L->attn_sink, o, T, H, d, n_hist + T + n_ent, k, 1.0f / sqrtf((float)d)};
+        int64_t units = (int64_t)T * H, n_tasks = 4 * (int64_t)kc_pool_size(pool);
+        kc_pool_run(pool, v4_attn_task, &job, (int)(units < n_tasks ? units : n_tasks));
+    }
     for (int32_t t = 0; t < T; t++) {
         for (int32_t hd = 0; hd < H; hd++) {
             eng_v4_rope_apply(freqs, r, pos0 + t, true, o + ((int64_t)t * H + hd) * d + d - r);

@@ -76,6 +76,51 @@ static void v4_topk(const float *score, int32_t n, int32_t k, int32_t *sel)
     }
 }
 
+/* Scores and selections of queries, split over the CPU backend's threads by query. */
+typedef struct {
+    const float *q;    /* (T, IH, Id) */
+    const float *wts;  /* (T, IH) */
+    const float *keys; /* (n_keys, Id) */
+    int32_t n_keys;
+    int32_t *sel; /* (T, topk) */
+    float *score; /* (n_tasks, n_keys) one row per task */
+    int32_t T, pos0, IH, Id, topk;
+} v4_idx_job;
+
+static void v4_idx_task(void *arg, int task, int n_tasks)
+{
+    const v4_idx_job *j = arg;
+    int32_t t0 = (int32_t)((int64_t)j->T * task / n_tasks);
+    int32_t t1 = (int32_t)((int64_t)j->T * (task + 1) / n_tasks);
+    float *score = j->score + (size_t)task * j->n_keys;
+
+    for (int32_t t = t0; t < t1; t++) {
+        int32_t n_vis = (j->pos0 + t + 1) / 4, k;
+        int32_t *st_sel = j->sel + (int64_t)t * j->topk;
+        if (n_vis > j->n_keys) {
+            n_vis = j->n_keys;
+        }
+        for (int32_t e = 0; e < n_vis; e++) {
+            const float *ke = j->keys + (int64_t)e * j->Id;
+            float s = 0.0f;
+            for (int32_t hd = 0; hd < j->IH; hd++) {
+                const float *qh = j->q + ((int64_t)t * j->IH + hd) * j->Id;
+                float dot = 0.0f;
+                for (int32_t i = 0; i < j->Id; i++) {
+                    dot += qh[i] * ke[i];
+                }
+                s += j->wts[(int64_t)t * j->IH + hd] * fmaxf(dot, 0.0f);
+            }
+            score[e] = s;
+        }
+        k = n_vis < j->topk ? n_vis : j->topk;
+        v4_topk(score, n_vis, k, st_sel);
+        for (int32_t i = k; i < j->topk; i++) {
+            st_sel[i] = -1;
+        }
+    }
+}
+
 mls_status eng_v4_indexer_select(eng_v4_ctx *ctx, int32_t layer, const float *qr, const float *x,
                                  int32_t T, int32_t pos0, const float *keys, int32_t n_keys,
                                  int32_t *sel, mls_err *err)
@@ -85,7 +130,9 @@ mls_status eng_v4_indexer_select(eng_v4_ctx *ctx, int32_t layer, const float *qr
     int32_t IH = c->v4.index_n_heads, Id = c->v4.index_head_dim, r = c->qk_rope_head_dim;
     int32_t topk = c->v4.index_topk;
     const float *freqs = eng_v4_layer_freqs(ctx, layer);
-    size_t bytes = sizeof(float) * ((size_t)T * IH * Id + (size_t)T * IH + (size_t)n_keys);
+    int32_t n_threads = kc_pool_size(ctx->bctx);
+    size_t bytes =
+        sizeof(float) * ((size_t)T * IH * Id + (size_t)T * IH + (size_t)n_keys * (size_t)n_threads);
     float *q, *wts, *score;
     mls_status st;
 
@@ -94,7 +141,7 @@ mls_status eng_v4_indexer_select(eng_v4_ctx *ctx, int32_t layer, const float *qr
         return MLS_ERR_NO_MEMORY;
     }
     wts = q + (size_t)T * IH * Id; /* (T, IH) */
-    score = wts + (size_t)T * IH;  /* (n_keys) */
+    score = wts + (size_t)T * IH;  /* (n_threads, n_keys) */
     /* q (T, IH, Id), wts (T, IH) */
     if ((st = eng_v4_linear(ctx, &L->idx_wq_b, qr, T, q,
                             eng_v4_weight_quantizes_input(&L->idx_wq_b), err)) ||
@@ -111,30 +158,12 @@ mls_status eng_v4_indexer_select(eng_v4_ctx *ctx, int32_t layer, const float *qr
             wts[t * IH + hd] = wts[t * IH + hd] * wscale * hscale;
         }
     }
-    for (int32_t t = 0; t < T; t++) {
-        int32_t n_vis = (pos0 + t + 1) / 4, k;
-        int32_t *st_sel = sel + (int64_t)t * topk;
-        if (n_vis > n_keys) {
-            n_vis = n_keys;
-        }
-        for (int32_t j = 0; j < n_vis; j++) {
-            const float *kj = keys + (int64_t)j * Id;
-            float s = 0.0f;
-            for (int32_t hd = 0; hd < IH; hd++) {
-                const float *qh = q + ((int64_t)t * IH + hd) * Id;
-                float dot = 0.0f;
-                for (int32_t i = 0; i < Id; i++) {
-                    dot += qh[i] * kj[i];
-                }
-                s += wts[t * IH + hd] * fmaxf(dot, 0.0f);
-            }
-            score[j] = s;
-        }
-        k = n_vis < topk ? n_vis : topk;
-        v4_topk(score, n_vis, k, st_sel);
-        for (int32_t i = k; i < topk; i++) {
-            st_sel[i] = -1;
-        }
+    {
+        /* the CPU backend's context is its kc_pool (a V4 context is CPU-only) */
+        kc_pool *pool = ctx->bctx;
+        int32_t n_tasks = T < kc_pool_size(pool) ? T : kc_pool_size(pool);
+        v4_idx_job job = {q, wts, keys, n_keys, sel, score, T, pos0, IH, Id, topk};
+        kc_pool_run(pool, v4_idx_task, &job, n_tasks);
     }
 
 out_free:
