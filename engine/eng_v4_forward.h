@@ -113,6 +113,8 @@ mls_status eng_v4_block_forward(eng_v4_ctx *ctx, int32_t layer, eng_v4_layer_sta
 /*
  * ids[T] at positions state->n_tokens ..: every block, then the head.
  * logits: (T, V) when all_logits, else (V) for the last token; may be NULL.
+ * A failure (out of memory) may leave some layers advanced and others not:
+ * the state is then unusable and should be destroyed.
  */
 mls_status eng_v4_forward(eng_v4_ctx *ctx, eng_v4_state *state, const int32_t *ids, int32_t T,
                           bool all_logits, float *logits, mls_err *err);
