@@ -175,6 +175,47 @@ static void mls_proto_arena_free(void *data, void *ptr)
 }
 
 /* Unpack payload into arena; *env_p lives in arena. */
+/* Field numbers are 1 .. 2^29 - 1. protobuf-c keeps a key for field 0 spelled in
+ * more than one byte (0x80 0x00) as an unknown field, and would pack it into
+ * a frame it then refuses (found by tests/fuzz/fuzz_proto): such a message is
+ * refused here, at any depth. */
+static bool mls_proto_msg_bad_tag(const ProtobufCMessage *m)
+{
+    const ProtobufCMessageDescriptor *d = m->descriptor;
+    const char *base = (const char *)m;
+
+    for (unsigned i = 0; i < m->n_unknown_fields; i++) {
+        if (m->unknown_fields[i].tag == 0 || m->unknown_fields[i].tag > 0x1fffffffu) {
+            return true;
+        }
+    }
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        if (f->type != PROTOBUF_C_TYPE_MESSAGE) {
+            continue;
+        }
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t n = *(const size_t *)(base + f->quantifier_offset);
+            ProtobufCMessage *const *v = *(ProtobufCMessage *const *const *)(base + f->offset);
+            for (size_t k = 0; k < n; k++) {
+                if (mls_proto_msg_bad_tag(v[k])) {
+                    return true;
+                }
+            }
+            continue;
+        }
+        if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+            *(const uint32_t *)(base + f->quantifier_offset) != f->id) {
+            continue; /* another member of the oneof is set */
+        }
+        const ProtobufCMessage *sub = *(ProtobufCMessage *const *)(base + f->offset);
+        if (sub != NULL && mls_proto_msg_bad_tag(sub)) {
+            return true;
+        }
+    }
+    return false;
+}
+
 static mls_status mls_proto_unpack(mls_frame_arena *arena, ProtobufCAllocator *pb_alloc,
                                    const uint8_t *payload, size_t len,
                                    Mlaserve__Envelope **env_p, mls_err *err)
@@ -194,6 +235,10 @@ static mls_status mls_proto_unpack(mls_frame_arena *arena, ProtobufCAllocator *p
     }
     if (env->msg_case == MLASERVE__ENVELOPE__MSG__NOT_SET) {
         mls_err_set(err, "proto: %zu-byte frame holds an envelope with no known message", len);
+        return MLS_ERR_PARSE;
+    }
+    if (mls_proto_msg_bad_tag(&env->base)) {
+        mls_err_set(err, "proto: %zu-byte frame holds a field numbered 0 or above 2^29 - 1", len);
         return MLS_ERR_PARSE;
     }
     *env_p = env;
