@@ -143,6 +143,72 @@ size_t kc_mla_workspace_size(const kc_pool *pool, const kc_mla_params *p);
 void kc_mla_attention(kc_pool *pool, const kc_mla_params *p, void *workspace);
 void kc_mla_attention_ref(const kc_mla_params *p);
 
+/* ---- DeepSeek-V4 decode: lightning indexer, sparse attention with sink ------ */
+
+/*
+ * V4 rows as stored (mls_kv_layout.h, FlashMLA's V4 format):
+ *   indexer key (head_dim values):  [e2m1 x head_dim, two per byte, low nibble
+ *     first][UE8M0 scale per 32]: KVL_ROW_BYTES_V4_INDEXER(head_dim) bytes
+ *   entry (nope + rope values):     [e4m3 x nope][UE8M0 per 64, padded to 8
+ *     bytes][bf16 x rope]: KVL_ROW_BYTES_V4_ENTRY(nope, rope) bytes
+ * value = code * 2^(scale - 127); scale bytes are 1..254 (no NaN code).
+ */
+#define KC_V4_INDEX_MAX_DIM 256 /* index_head_dim up to this (a multiple of 32) */
+
+/*
+ * Indexer scores of one query over n_keys FP4 keys:
+ *   score[j] = sum_h w[h] * relu(q[h, :] . key_j)
+ * the dot accumulated over dims in order with fused multiply-adds, the heads
+ * summed in order (h = 0 first), each term rounded before it is added. With q
+ * on the FP4 grid (as the indexer quantizes it) every product is exact, so
+ * every ISA level gives the reference's bits, and those of the same sum over
+ * the decoded keys in f32.
+ */
+typedef struct {
+    const uint8_t *keys; /* [n_keys] rows of row_bytes (KVL_ROW_BYTES_V4_INDEXER(head_dim)) */
+    int64_t n_keys;
+    int64_t row_bytes;   /* bytes from one key to the next (>= the row) */
+    int32_t n_heads;     /* IH */
+    int32_t head_dim;    /* Id: a multiple of 32, <= KC_V4_INDEX_MAX_DIM */
+    const float *q;      /* [n_heads, head_dim] */
+    const float *w;      /* [n_heads] head weights */
+    float *score;        /* out [n_keys] */
+} kc_v4_index_params;
+
+/* Splits the keys over pool's threads (NULL: the calling thread). */
+void kc_v4_index_scores(kc_pool *pool, const kc_v4_index_params *p);
+void kc_v4_index_scores_ref(const kc_v4_index_params *p);
+
+/* sel[0, min(k, n)) = the indices of the min(k, n) largest scores, best first
+ * (higher score first, the lower index first on a tie); returns that count. */
+int64_t kc_v4_topk(const float *score, int64_t n, int64_t k, int32_t *sel);
+
+/*
+ * Attention with sink of n_q queries x n_heads heads over the rows each query
+ * lists (one shared K=V vector per row, every head reads it):
+ *   s_j = scale * q[i, h, :] . row_j
+ *   out[i, h, :] = sum_j e^(s_j - m) row_j / (e^(sink[h] - m) + sum_j e^(s_j - m)),
+ *   m = max_j s_j
+ * over the non-NULL rows[i, j]; a query with none gets zeros. Sparse
+ * attention lists the window rows and the selected entries; HCA the window
+ * and all visible entries. Rows are decoded to f32 in blocks and reduced with
+ * an online softmax; a head's result does not depend on n_q, on the pool or
+ * on the other heads.
+ */
+typedef struct {
+    int32_t n_heads;              /* H */
+    int32_t nope, rope;           /* d = nope + rope; nope % 64 == 0 */
+    float softmax_scale;
+    const float *sink;            /* [n_heads] */
+    const float *q;               /* [n_q, n_heads, d] */
+    const uint8_t *const *rows;   /* [n_q, k] KVL_ROW_BYTES_V4_ENTRY(nope, rope) rows or NULL */
+    int32_t n_q, k;
+    float *out;                   /* [n_q, n_heads, d] */
+} kc_v4_attn_params;
+
+void kc_v4_attn(kc_pool *pool, const kc_v4_attn_params *p);
+void kc_v4_attn_ref(const kc_v4_attn_params *p);
+
 /* ---- memory bandwidth ------------------------------------------------------- */
 
 /* Measured read bandwidth in bytes/s over a buffer of `bytes`, using every

@@ -142,4 +142,21 @@ static inline const uint8_t *kc_row_ptr(const kc_matrix *w, int64_t r)
     return (const uint8_t *)w->data + (w->row0 + r) * w->cols * kc_dtype_bytes(w->dtype);
 }
 
+/* The DeepSeek-V4 kernels of one ISA level (kc_v4_impl.h built by
+ * kc_v4_scalar.c, kc_v4_avx2.c, kc_v4_avx512.c, with -ffp-contract=off so
+ * each term of the indexer's head sum is rounded as the reference rounds it);
+ * kc_v4.c splits the work and adds the MLA tile kernels of kc_ops. */
+typedef struct kc_v4_ops {
+    /* p->score[j] for keys j in [j0, j1). */
+    void (*index_scores)(const kc_v4_index_params *p, int64_t j0, int64_t j1);
+    /* tile[t, 0:d] = row t decoded to f32 (d = nope + rope), tile[t, d:ld] = 0;
+     * a NULL row gives zeros. */
+    void (*row_decode)(const uint8_t *const *rows, int n_rows, int32_t nope, int32_t rope,
+                       float *tile, int64_t ld);
+} kc_v4_ops;
+
+extern const kc_v4_ops kc_v4_ops_scalar;
+extern const kc_v4_ops kc_v4_ops_avx2;
+extern const kc_v4_ops kc_v4_ops_avx512;
+
 #endif

@@ -547,6 +547,216 @@ static void test_bandwidth(void)
     CHECK(kc_measure_read_bandwidth(NULL, 0, 1) == 0.0);
 }
 
+/* ---- DeepSeek-V4: indexer scores, top-k, attention with sink ------------------------ */
+
+/* A random FP4 key row (Id values; UE8M0 scales 120..130). */
+static void v4_rand_key(uint8_t *row, int32_t Id)
+{
+    for (int32_t i = 0; i < Id / 2; i++) {
+        row[i] = (uint8_t)rng_next();
+    }
+    for (int32_t b = 0; b < Id / 32; b++) {
+        row[Id / 2 + b] = (uint8_t)(120 + rng_next() % 11);
+    }
+}
+
+/* A random FP8 V4 entry (no NaN codes; scales 115..135, the two-step decode included). */
+static void v4_rand_entry(uint8_t *row, int32_t nope, int32_t rope)
+{
+    uint8_t *sc = row + nope, *rp = sc + KVL_V4_SCALE_BYTES((uint32_t)nope);
+    for (int32_t i = 0; i < nope; i++) {
+        uint8_t b = (uint8_t)rng_next();
+        row[i] = (b & 0x7f) == 0x7f ? (uint8_t)(b - 1) : b;
+    }
+    memset(sc, 0, KVL_V4_SCALE_BYTES((uint32_t)nope));
+    for (int32_t b = 0; b < nope / 64; b++) {
+        sc[b] = (uint8_t)(115 + rng_next() % 21);
+    }
+    for (int32_t i = 0; i < rope; i++) {
+        uint16_t h = mls_f32_to_bf16(rng_f());
+        memcpy(rp + 2 * i, &h, sizeof(h));
+    }
+}
+
+/* A query on the FP4 grid (e2m1 codes times 2^e per 32), as the indexer quantizes it. */
+static void v4_rand_fp4_query(float *q, int64_t n)
+{
+    static const float mag[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+    for (int64_t b = 0; b < n; b += 32) {
+        int e = -4 + (int)(rng_next() % 6);
+        for (int64_t i = b; i < b + 32 && i < n; i++) {
+            uint64_t r = rng_next();
+            q[i] = ldexpf((r & 8) ? -mag[r & 7] : mag[r & 7], e);
+        }
+    }
+}
+
+static void test_v4_index(void)
+{
+    static const struct {
+        int32_t IH, Id;
+        int64_t n;
+    } cases[] = {{8, 64, 1}, {5, 64, 37}, {64, 128, 1000}, {3, 256, 95}};
+    kc_pool *pool = NULL;
+    CHECK_OK(kc_pool_create(3, &pool));
+    for (size_t ci = 0; ci < sizeof(cases) / sizeof(cases[0]); ci++) {
+        int32_t IH = cases[ci].IH, Id = cases[ci].Id;
+        int64_t n = cases[ci].n, rb = KVL_ROW_BYTES_V4_INDEXER((uint32_t)Id);
+        uint8_t *keys = malloc((size_t)(n * rb));
+        float *q = malloc(sizeof(float) * (size_t)IH * Id), *w = malloc(sizeof(float) * IH);
+        float *ref = malloc(sizeof(float) * (size_t)n), *got = malloc(sizeof(float) * (size_t)n);
+        float *kf = malloc(sizeof(float) * (size_t)Id);
+        CHECK(keys && q && w && ref && got && kf);
+        for (int64_t j = 0; j < n; j++) {
+            v4_rand_key(keys + j * rb, Id);
+        }
+        v4_rand_fp4_query(q, (int64_t)IH * Id);
+        fill_rand(w, (size_t)IH, 1.0f);
+        kc_v4_index_params p = {keys, n, rb, IH, Id, q, w, ref};
+        kc_v4_index_scores_ref(&p);
+        /* the reference is the engine's f32 sum over the decoded keys, bit for bit */
+        for (int64_t j = 0; j < n; j++) {
+            float s = 0.0f;
+            for (int32_t i = 0; i < Id; i++) {
+                uint8_t b = keys[j * rb + i / 2];
+                uint8_t nib = (i & 1) ? (uint8_t)(b >> 4) : (uint8_t)(b & 0xf);
+                static const float mag[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+                kf[i] = ldexpf((nib & 8) ? -mag[nib & 7] : mag[nib & 7],
+                               (int)keys[j * rb + Id / 2 + i / 32] - 127);
+            }
+            for (int32_t h = 0; h < IH; h++) {
+                volatile float dot = 0.0f;
+                for (int32_t i = 0; i < Id; i++) {
+                    volatile float prod = q[h * Id + i] * kf[i];
+                    dot = dot + prod;
+                }
+                volatile float term = w[h] * fmaxf(dot, 0.0f);
+                s = s + term;
+            }
+            CHECK_MSG(memcmp(&s, &ref[j], sizeof(s)) == 0, "v4 index ref key %lld: %.9g vs f32 %.9g",
+                      (long long)j, ref[j], s);
+        }
+        for (int isa = 0; isa <= (int)kc_isa_detect(); isa++) {
+            kc_isa_force((kc_isa)isa);
+            for (int pi = 0; pi < 2; pi++) {
+                memset(got, 0xff, sizeof(float) * (size_t)n);
+                p.score = got;
+                kc_v4_index_scores(pi ? pool : NULL, &p);
+                CHECK_MSG(memcmp(got, ref, sizeof(float) * (size_t)n) == 0,
+                          "v4 index IH=%d Id=%d n=%lld %s pool=%d: scores differ from the reference",
+                          IH, Id, (long long)n, kc_isa_name((kc_isa)isa), pi);
+            }
+        }
+        kc_isa_force(kc_isa_detect());
+        fprintf(stderr, "  v4 index IH=%d Id=%d keys=%lld: every level bit-exact\n", IH, Id,
+                (long long)n);
+        free(keys);
+        free(q);
+        free(w);
+        free(ref);
+        free(got);
+        free(kf);
+    }
+    kc_pool_destroy(pool);
+}
+
+static void test_v4_topk(void)
+{
+    enum { N = 700 };
+    float score[N];
+    int32_t sel[N], want[N];
+    for (int rep = 0; rep < 20; rep++) {
+        int64_t n = 1 + (int64_t)(rng_next() % N), k = 1 + (int64_t)(rng_next() % 80), m = 0;
+        for (int64_t j = 0; j < n; j++) {
+            score[j] = (float)(rng_next() % 50); /* many ties */
+        }
+        /* want: selection by repeated scans (higher score, then lower index) */
+        uint8_t taken[N] = {0};
+        for (; m < k && m < n; m++) {
+            int64_t best = -1;
+            for (int64_t j = 0; j < n; j++) {
+                if (!taken[j] && (best < 0 || score[j] > score[best])) {
+                    best = j;
+                }
+            }
+            taken[best] = 1;
+            want[m] = (int32_t)best;
+        }
+        CHECK_EQ_INT(kc_v4_topk(score, n, k, sel), m);
+        for (int64_t i = 0; i < m; i++) {
+            CHECK_MSG(sel[i] == want[i], "topk n=%lld k=%lld: sel[%lld] %d, want %d", (long long)n,
+                      (long long)k, (long long)i, sel[i], want[i]);
+        }
+    }
+}
+
+static void test_v4_attn(void)
+{
+    static const struct {
+        int32_t H, nope, rope, n_q, k, n_rows;
+    } cases[] = {{4, 128, 16, 3, 20, 24}, {5, 128, 64, 2, 150, 90}, {64, 448, 64, 1, 200, 260},
+                 {1, 64, 8, 1, 5, 3}};
+    kc_pool *pool = NULL;
+    double worst = 0.0;
+    CHECK_OK(kc_pool_create(3, &pool));
+    for (size_t ci = 0; ci < sizeof(cases) / sizeof(cases[0]); ci++) {
+        int32_t H = cases[ci].H, nope = cases[ci].nope, rope = cases[ci].rope, d = nope + rope;
+        int32_t n_q = cases[ci].n_q, k = cases[ci].k, n_rows = cases[ci].n_rows;
+        int64_t rb = KVL_ROW_BYTES_V4_ENTRY((uint32_t)nope, (uint32_t)rope);
+        uint8_t *store = malloc((size_t)(rb * n_rows));
+        const uint8_t **rows = malloc(sizeof(*rows) * (size_t)n_q * k);
+        float *q = malloc(sizeof(float) * (size_t)n_q * H * d), *sink = malloc(sizeof(float) * H);
+        float *ref = malloc(sizeof(float) * (size_t)n_q * H * d);
+        float *got = malloc(sizeof(float) * (size_t)n_q * H * d);
+        CHECK(store && rows && q && sink && ref && got);
+        for (int32_t j = 0; j < n_rows; j++) {
+            v4_rand_entry(store + j * rb, nope, rope);
+        }
+        /* each query lists rows at random (repeats allowed), some NULL; the last
+         * query of the first case lists none */
+        for (int64_t i = 0; i < (int64_t)n_q * k; i++) {
+            uint64_t r = rng_next();
+            rows[i] = (r % 7 == 0) ? NULL : store + (int64_t)((r >> 8) % (uint64_t)n_rows) * rb;
+        }
+        if (ci == 0) {
+            for (int32_t j = 0; j < k; j++) {
+                rows[(int64_t)(n_q - 1) * k + j] = NULL;
+            }
+        }
+        fill_rand(q, (size_t)n_q * H * d, 0.5f);
+        fill_rand(sink, (size_t)H, 2.0f);
+        kc_v4_attn_params p = {H, nope, rope, 1.0f / sqrtf((float)d), sink, q, rows, n_q, k, ref};
+        kc_v4_attn_ref(&p);
+        for (int isa = 0; isa <= (int)kc_isa_detect(); isa++) {
+            kc_isa_force((kc_isa)isa);
+            for (int pi = 0; pi < 2; pi++) {
+                p.out = got;
+                kc_v4_attn(pi ? pool : NULL, &p);
+                for (int64_t u = 0; u < (int64_t)n_q * H; u++) {
+                    double e = mls_test_rel_l2(got + u * d, ref + u * d, (size_t)d);
+                    int zero = 1;
+                    for (int32_t c = 0; c < d; c++) {
+                        zero &= ref[u * d + c] == 0.0f && got[u * d + c] == 0.0f;
+                    }
+                    e = zero ? 0.0 : e;
+                    worst = max_d(worst, e);
+                    CHECK_MSG(e <= 1e-5, "v4 attn case %zu %s pool=%d vector %lld: rel L2 %.3g",
+                              ci, kc_isa_name((kc_isa)isa), pi, (long long)u, e);
+                }
+            }
+        }
+        kc_isa_force(kc_isa_detect());
+        free(store);
+        free(rows);
+        free(q);
+        free(sink);
+        free(ref);
+        free(got);
+    }
+    fprintf(stderr, "  v4 attention: max rel L2 err %.2e over every level (bound 1e-5)\n", worst);
+    kc_pool_destroy(pool);
+}
+
 int main(void)
 {
     MLS_TEST_RUN(test_isa);
@@ -555,6 +765,9 @@ int main(void)
     MLS_TEST_RUN(test_matmul);
     MLS_TEST_RUN(test_elementwise);
     MLS_TEST_RUN(test_mla);
+    MLS_TEST_RUN(test_v4_index);
+    MLS_TEST_RUN(test_v4_topk);
+    MLS_TEST_RUN(test_v4_attn);
     MLS_TEST_RUN(test_bandwidth);
     return MLS_TEST_DONE();
 }
