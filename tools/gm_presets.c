@@ -1,8 +1,8 @@
 /*
  * gm_presets.c - genmodel's presets as constants: the tiny-v3 fixture's
- * shape, the local cluster's demo model, and the real DeepSeek-V2-Lite and
- * DeepSeek-V3 shapes. Fields not named are zero (no q LoRA where
- * q_lora_rank is absent, untied embeddings).
+ * shape, the local cluster's demo model, and the real DeepSeek-V2-Lite,
+ * DeepSeek-V3 and DeepSeek-V4-Flash shapes (kv-size reads them too). Fields not named are zero (no
+ * q LoRA where q_lora_rank is absent, untied embeddings).
  */
 #include "gm_presets.h"
 
@@ -148,6 +148,63 @@ static const gm_preset gm_presets[] = {
                 .rope_yarn = true,
                 .rope_mscale = 1.0f,
                 .rope_mscale_all_dim = 1.0f},
+    },
+    {
+        /* DeepSeek-V4-Flash (README-v4 section 1): 43 layers + 1 MTP layer whose
+         * ratios are [0, 0, 4, 128, ..., 4, 128, 4, 0] - 21 CSA, 20 HCA, 2 window
+         * only, then MTP's. FP8 linears with UE8M0 128x128 scales, FP4 experts. */
+        .name = "deepseek-v4-flash",
+        .fp8 = true,
+        .cfg = {.model_type = "deepseek_v4",
+                .vocab_size = 129280,
+                .hidden_size = 4096,
+                .moe_intermediate_size = 2048,
+                .num_hidden_layers = 43,
+                .num_attention_heads = 64,
+                .q_lora_rank = 1024,
+                .qk_rope_head_dim = 64,
+                .n_routed_experts = 256,
+                .num_experts_per_tok = 6,
+                .n_shared_experts = 1,
+                .n_group = 1,
+                .topk_group = 1,
+                .moe_layer_freq = 1,
+                .topk_method = ENG_TOPK_NOAUX_TC,
+                .scoring_func = ENG_SCORE_SQRTSOFTPLUS,
+                .norm_topk_prob = true,
+                .routed_scaling_factor = 1.5f,
+                .rms_norm_eps = 1e-6f,
+                .rope_theta = 10000.0f,
+                .max_position_embeddings = 1048576,
+                .bos_token_id = 0,
+                .eos_token_id = 1,
+                .rope_yarn = true,
+                .rope_factor = 16.0f,
+                .rope_original_max_position_embeddings = 65536,
+                .rope_beta_fast = 32.0f,
+                .rope_beta_slow = 1.0f,
+                .fp8_block = {GM_BLOCK, GM_BLOCK},
+                .is_v4 = true,
+                .v4 = {.head_dim = 512,
+                       .o_groups = 8,
+                       .o_lora_rank = 1024,
+                       .sliding_window = 128,
+                       .index_n_heads = 64,
+                       .index_head_dim = 128,
+                       .index_topk = 512,
+                       .num_hash_layers = 3,
+                       .num_nextn_predict_layers = 1,
+                       .hc_mult = 4,
+                       .hc_sinkhorn_iters = 20,
+                       .hc_eps = 1e-6f,
+                       .swiglu_limit = 10.0f,
+                       .compress_rope_theta = 160000.0f,
+                       .n_compress_ratios = 44,
+                       .compress_ratios = {0,   0,   4,   128, 4,   128, 4,   128, 4,   128, 4,
+                                           128, 4,   128, 4,   128, 4,   128, 4,   128, 4,   128,
+                                           4,   128, 4,   128, 4,   128, 4,   128, 4,   128, 4,
+                                           128, 4,   128, 4,   128, 4,   128, 4,   128, 4,   0},
+                       .expert_fp4 = true}},
     },
 };
 

@@ -2,7 +2,7 @@
  * mlaserve.c - the `mlaserve` command line: one binary, several subcommands.
  *
  * tools/ is where the components are put together into programs: the
- * `mlaserve` CLI (generate, genmodel, tokenize, cluster, bench) and the node
+ * `mlaserve` CLI (generate, genmodel, kv-size, tokenize, cluster, bench) and the node
  * daemons' entry points (main_prefill.c, main_decode.c compose node/ with the
  * prefill and decode roles). It may include any component; no component
  * includes tools/ (bench/ is compiled into the CLI and may too).
@@ -22,6 +22,7 @@ typedef struct {
 static const mls_cli_command mls_cli_commands[] = {
     {"generate", NULL, mls_cmd_generate, "run a model on prompt ids and print the generated ids"},
     {"genmodel", NULL, mls_cmd_genmodel, "write a random-weight checkpoint in Hugging Face layout"},
+    {"kv-size", NULL, mls_cmd_kvsize, "KV bytes one sequence holds at a context, per layer kind"},
     {"tokenize", NULL, mls_cmd_tokenize, "encode JSON lines of text or chat messages to token ids"},
     {"cluster", NULL, mls_cmd_cluster, "start a local cluster: router + prefill/decode nodes (cluster up)"},
     {"bench", "kernels", mls_cmd_bench_kernels, "CPU kernel bandwidth/throughput vs measured memory bandwidth"},

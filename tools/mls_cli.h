@@ -9,6 +9,7 @@
 
 int mls_cmd_generate(int argc, char **argv);       /* tools/cmd_generate.c */
 int mls_cmd_genmodel(int argc, char **argv);       /* tools/cmd_genmodel.c */
+int mls_cmd_kvsize(int argc, char **argv);         /* tools/cmd_kvsize.c */
 int mls_cmd_tokenize(int argc, char **argv);       /* tools/cmd_tokenize.c */
 int mls_cmd_cluster(int argc, char **argv);        /* tools/cmd_cluster.c */
 int mls_cmd_bench_kernels(int argc, char **argv);  /* bench/bench_kernels.c */
