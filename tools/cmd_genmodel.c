@@ -941,6 +941,13 @@ static int gm_parse_args(int argc, char **argv, gm_opts *o)
                 preset);
         return 2;
     }
+    if (p->cfg.is_v4) {
+        fprintf(stderr,
+                "genmodel: preset '%s' is a DeepSeek-V4 shape; this genmodel writes only "
+                "DeepSeek-V2/V3 checkpoints (kv-size reads the preset)\n",
+                preset);
+        return 2;
+    }
     o->cfg = p->cfg;
     o->fp8 = p->fp8;
     o->preset = preset;

@@ -1,8 +1,9 @@
 /*
  * gm_presets.c - genmodel's presets as constants: the tiny-v3 fixture's
  * shape, the local cluster's demo model, and the real DeepSeek-V2-Lite,
- * DeepSeek-V3 and DeepSeek-V4-Flash shapes (kv-size reads them too). Fields not named are zero (no
- * q LoRA where q_lora_rank is absent, untied embeddings).
+ * DeepSeek-V3 and DeepSeek-V4-Flash shapes (kv-size reads them too).
+ * Fields not named are zero (no q LoRA where q_lora_rank is absent, untied
+ * embeddings).
  */
 #include "gm_presets.h"
 
