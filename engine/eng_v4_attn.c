@@ -122,6 +122,85 @@ out_free:
     return st;
 }
 
+/* o (T, H, d) = attention of q (T, H, d) over the rows idx (T, k) names (-1: none):
+ * row i < n_hist is position pos0 - n_hist + i in the window ring, then the chunk's
+ * kv (T, d), then the compressed entries. The f32 state (the reference): rows
+ * loaded to f32, eng_v4_sparse_attn by (query, head) over the threads. */
+static mls_status v4_attn_rows_f32(eng_v4_ctx *ctx, int32_t layer, const eng_v4_layer_state *ls,
+                                   const float *q, const float *kv, const int32_t *idx, int32_t T,
+                                   int32_t pos0, int32_t n_hist, int32_t k, float *o)
+{
+    const eng_config *c = &ctx->model->cfg;
+    int32_t H = c->num_attention_heads, d = c->v4.head_dim, r = c->qk_rope_head_dim;
+    int32_t W = c->v4.sliding_window, n_ent = ls->n_entries;
+    size_t rbytes = sizeof(float) * (size_t)(n_hist + T + n_ent) * d;
+    float *rows; /* (n_hist + T + n_ent, d) */
+
+    if ((rows = mls_alloc(MLS_ALLOC_TAG_SCRATCH, rbytes)) == NULL) {
+        return MLS_ERR_NO_MEMORY;
+    }
+    for (int32_t i = 0; i < n_hist; i++) {
+        int32_t p = pos0 - n_hist + i;
+        eng_v4_kv_row_load(ls->dtype, d, r, ls->window + (size_t)(p % W) * ls->kv_row,
+                           rows + (size_t)i * d);
+    }
+    memcpy(rows + (size_t)n_hist * d, kv, sizeof(float) * (size_t)T * d);
+    for (int32_t j = 0; j < n_ent; j++) {
+        eng_v4_kv_row_load(ls->dtype, d, r, ls->comp + (size_t)j * ls->kv_row,
+                           rows + (size_t)(n_hist + T + j) * d);
+    }
+    {
+        /* the CPU backend's context is its kc_pool (a V4 context is CPU-only) */
+        kc_pool *pool = ctx->bctx;
+        v4_attn_job job = {q, rows, idx, ctx->model->layers[layer].attn_sink, o, T, H, d,
+                           n_hist + T + n_ent, k, 1.0f / sqrtf((float)d)};
+        int64_t units = (int64_t)T * H, n_tasks = 4 * (int64_t)kc_pool_size(pool);
+        kc_pool_run(pool, v4_attn_task, &job, (int)(units < n_tasks ? units : n_tasks));
+    }
+    mls_free(MLS_ALLOC_TAG_SCRATCH, rows, rbytes);
+    return MLS_OK;
+}
+
+/* The same over an FP8 state: the chunk's vectors stored as FP8 rows (as the
+ * window will hold them), then kc_v4_attn reads every row where it is stored. */
+static mls_status v4_attn_rows_fp8(eng_v4_ctx *ctx, int32_t layer, const eng_v4_layer_state *ls,
+                                   const float *q, const float *kv, const int32_t *idx, int32_t T,
+                                   int32_t pos0, int32_t n_hist, int32_t k, float *o)
+{
+    const eng_config *c = &ctx->model->cfg;
+    int32_t H = c->num_attention_heads, d = c->v4.head_dim, r = c->qk_rope_head_dim;
+    int32_t W = c->v4.sliding_window;
+    size_t cbytes = ((size_t)T * ls->kv_row + 7) / 8 * 8, pbytes = sizeof(uint8_t *) * (size_t)T * k;
+    uint8_t *chunk; /* (T, kv_row) */
+    const uint8_t **ptrs; /* (T, k) rows or NULL */
+
+    if ((chunk = mls_alloc(MLS_ALLOC_TAG_SCRATCH, cbytes + pbytes)) == NULL) {
+        return MLS_ERR_NO_MEMORY;
+    }
+    ptrs = (const uint8_t **)(void *)(chunk + cbytes);
+    for (int32_t t = 0; t < T; t++) {
+        eng_v4_kv_row_store(ls->dtype, d, r, kv + (size_t)t * d, chunk + (size_t)t * ls->kv_row);
+    }
+    for (int64_t i = 0; i < (int64_t)T * k; i++) {
+        int32_t j = idx[i];
+        if (j < 0) {
+            ptrs[i] = NULL;
+        } else if (j < n_hist) {
+            ptrs[i] = ls->window + (size_t)((pos0 - n_hist + j) % W) * ls->kv_row;
+        } else if (j < n_hist + T) {
+            ptrs[i] = chunk + (size_t)(j - n_hist) * ls->kv_row;
+        } else {
+            ptrs[i] = ls->comp + (size_t)(j - n_hist - T) * ls->kv_row;
+        }
+    }
+    kc_v4_attn_params p = {H,    d - r, r, 1.0f / sqrtf((float)d), ctx->model->layers[layer].attn_sink,
+                           q,    ptrs,  T, k, o};
+    /* the CPU backend's context is its kc_pool (a V4 context is CPU-only) */
+    kc_v4_attn(ctx->bctx, &p);
+    mls_free(MLS_ALLOC_TAG_SCRATCH, chunk, cbytes + pbytes);
+    return MLS_OK;
+}
+
 mls_status eng_v4_attn_forward(eng_v4_ctx *ctx, int32_t layer, eng_v4_layer_state *ls,
                                const float *x, int32_t T, int32_t pos0, float *out, mls_err *err)
 {
@@ -133,28 +212,20 @@ mls_status eng_v4_attn_forward(eng_v4_ctx *ctx, int32_t layer, eng_v4_layer_stat
     const float *freqs = eng_v4_layer_freqs(ctx, layer);
     int32_t n_hist = pos0 < W - 1 ? pos0 : W - 1; /* window rows before the chunk */
     int32_t ent0 = ls->n_entries, n_ent, k_cmp, k;
-    float *qr = NULL, *q, *kv, *rows = NULL, *o, *row_tmp;
+    float *qr = NULL, *q, *kv, *o;
     int32_t *idx = NULL, *sel = NULL;
-    size_t qbytes, rbytes = 0, ibytes = 0, sbytes = 0;
+    size_t qbytes, ibytes = 0, sbytes = 0;
     mls_status st;
 
-    qbytes = sizeof(float) * ((size_t)T * Q + (size_t)2 * T * H * d + (size_t)T * d + d);
+    qbytes = sizeof(float) * ((size_t)T * Q + (size_t)2 * T * H * d + (size_t)T * d);
     if ((qr = mls_alloc(MLS_ALLOC_TAG_SCRATCH, qbytes)) == NULL) {
         goto err_nomem;
     }
     q = qr + (size_t)T * Q;       /* (T, H, d) */
     o = q + (size_t)T * H * d;    /* (T, H, d) */
     kv = o + (size_t)T * H * d;   /* (T, d) */
-    row_tmp = kv + (size_t)T * d; /* (d): one stored row (kv_row <= 4d bytes) */
     if ((st = v4_attn_qkv(ctx, layer, x, T, pos0, qr, q, kv, err)) != MLS_OK) {
         goto out_free;
-    }
-    if (ls->dtype != KVL_DTYPE_F32) {
-        /* attend to the chunk's vectors as they will be stored (rope dims rounded) */
-        for (int32_t t = 0; t < T; t++) {
-            eng_v4_kv_row_store(ls->dtype, d, r, kv + (size_t)t * d, (uint8_t *)row_tmp);
-            eng_v4_kv_row_load(ls->dtype, d, r, (const uint8_t *)row_tmp, kv + (size_t)t * d);
-        }
     }
     /* compressed entries of the blocks this chunk completes */
     if (m > 0 && (st = eng_v4_compress(ctx, &L->compressor, ENG_V4_CMP_KV, layer, &ls->cmp, x, T,
@@ -162,21 +233,17 @@ mls_status eng_v4_attn_forward(eng_v4_ctx *ctx, int32_t layer, eng_v4_layer_stat
         goto out_free;
     }
     if (m == 4) {
-        int32_t n_keys = ent0, Id = ls->Id;
+        int32_t n_keys = ent0;
         if ((st = eng_v4_compress(ctx, &L->idx_compressor, ENG_V4_CMP_INDEX, layer, &ls->icmp, x, T,
                                   pos0, ls->dtype, ls->idx_keys, &n_keys, err))) {
             goto out_free;
         }
-        sbytes = sizeof(int32_t) * (size_t)T * topk + sizeof(float) * (size_t)n_keys * Id;
+        sbytes = sizeof(int32_t) * (size_t)T * topk;
         if ((sel = mls_alloc(MLS_ALLOC_TAG_SCRATCH, sbytes)) == NULL) {
             goto err_nomem;
         }
-        float *keys = (float *)(sel + (size_t)T * topk); /* (n_keys, Id) as stored */
-        for (int32_t j = 0; j < n_keys; j++) {
-            eng_v4_idx_row_load(ls->dtype, Id, ls->idx_keys + (size_t)j * ls->idx_row,
-                                keys + (size_t)j * Id);
-        }
-        if ((st = eng_v4_indexer_select(ctx, layer, qr, x, T, pos0, keys, n_keys, sel, err))) {
+        if ((st = eng_v4_indexer_select(ctx, layer, qr, x, T, pos0, ls->dtype, ls->idx_keys, n_keys,
+                                        sel, err))) {
             goto out_free;
         }
         if (ls->last_topk != NULL) {
@@ -187,22 +254,10 @@ mls_status eng_v4_attn_forward(eng_v4_ctx *ctx, int32_t layer, eng_v4_layer_stat
     k_cmp = m == 0 ? 0 : (m == 4 ? topk : n_ent);
     k = W + k_cmp;
 
-    /* rows (n_hist + T + n_ent, d): the window before the chunk, the chunk, the entries */
-    rbytes = sizeof(float) * (size_t)(n_hist + T + n_ent) * d;
+    /* rows n_hist + T + n_ent: the window before the chunk, the chunk, the entries */
     ibytes = sizeof(int32_t) * (size_t)T * k;
-    if ((rows = mls_alloc(MLS_ALLOC_TAG_SCRATCH, rbytes)) == NULL ||
-        (idx = mls_alloc(MLS_ALLOC_TAG_SCRATCH, ibytes)) == NULL) {
+    if ((idx = mls_alloc(MLS_ALLOC_TAG_SCRATCH, ibytes)) == NULL) {
         goto err_nomem;
-    }
-    for (int32_t i = 0; i < n_hist; i++) {
-        int32_t p = pos0 - n_hist + i;
-        eng_v4_kv_row_load(ls->dtype, d, r, ls->window + (size_t)(p % W) * ls->kv_row,
-                           rows + (size_t)i * d);
-    }
-    memcpy(rows + (size_t)n_hist * d, kv, sizeof(float) * (size_t)T * d);
-    for (int32_t j = 0; j < n_ent; j++) {
-        eng_v4_kv_row_load(ls->dtype, d, r, ls->comp + (size_t)j * ls->kv_row,
-                           rows + (size_t)(n_hist + T + j) * d);
     }
     /* idx (T, k): query t at p sees positions max(0, p-W+1) .. p (row p - pos0 + n_hist),
      * then its entries (row n_hist + T + j) */
@@ -229,13 +284,9 @@ mls_status eng_v4_attn_forward(eng_v4_ctx *ctx, int32_t layer, eng_v4_layer_stat
             it[n++] = -1;
         }
     }
-    {
-        /* the CPU backend's context is its kc_pool (a V4 context is CPU-only) */
-        kc_pool *pool = ctx->bctx;
-        v4_attn_job job = {
-            q, rows, idx, L->attn_sink, o, T, H, d, n_hist + T + n_ent, k, 1.0f / sqrtf((float)d)};
-        int64_t units = (int64_t)T * H, n_tasks = 4 * (int64_t)kc_pool_size(pool);
-        kc_pool_run(pool, v4_attn_task, &job, (int)(units < n_tasks ? units : n_tasks));
+    if ((st = (ls->dtype == KVL_DTYPE_FP8 ? v4_attn_rows_fp8 : v4_attn_rows_f32)(
+             ctx, layer, ls, q, kv, idx, T, pos0, n_hist, k, o)) != MLS_OK) {
+        goto err_nomem;
     }
     for (int32_t t = 0; t < T; t++) {
         for (int32_t hd = 0; hd < H; hd++) {
@@ -258,7 +309,6 @@ err_nomem:
     st = MLS_ERR_NO_MEMORY;
 out_free:
     mls_free(MLS_ALLOC_TAG_SCRATCH, qr, qbytes);
-    mls_free(MLS_ALLOC_TAG_SCRATCH, rows, rbytes);
     mls_free(MLS_ALLOC_TAG_SCRATCH, idx, ibytes);
     mls_free(MLS_ALLOC_TAG_SCRATCH, sel, sbytes);
     return st;

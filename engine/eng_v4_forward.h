@@ -178,12 +178,15 @@ void eng_v4_idx_row_load(kvl_dtype dtype, int32_t Id, const uint8_t *row, float 
 
 /*
  * The lightning indexer (eng_v4_indexer.c) for T queries at pos0..: qr (T, Q)
- * the normed q LoRA, x (T, D) the attention input, keys (n_keys, Id) the
- * indexer keys. sel (T, topk) gets each query's chosen entries (descending
- * score; -1 pads when fewer are visible: entries j < (p+1)/4).
+ * the normed q LoRA, x (T, D) the attention input, keys the n_keys indexer
+ * keys as stored (rows of eng_v4_idx_row_bytes(dtype, Id): FP8 rows are
+ * scored by kc_v4_index_scores, bit for bit what f32 keys give). sel (T, topk)
+ * gets each query's chosen entries (descending score; -1 pads when fewer are
+ * visible: entries j < (p+1)/4).
  */
 mls_status eng_v4_indexer_select(eng_v4_ctx *ctx, int32_t layer, const float *qr, const float *x,
-                                 int32_t T, int32_t pos0, const float *keys, int32_t n_keys,
+                                 int32_t T, int32_t pos0, kvl_dtype dtype,
+                                 const uint8_t *keys /* (n_keys, row bytes) */, int32_t n_keys,
                                  int32_t *sel /* (T, topk) */, mls_err *err);
 
 #endif

@@ -6,7 +6,13 @@
  * query's position, Hadamard, FP4 (blocks of 32); w = weights_proj x *
  * Id^-0.5 * IH^-0.5 (T, IH). score[t, j] = sum_h w[t,h] relu(qI[t,h] . kI[j])
  * over the visible entries j < (p+1)/4; the top min(index_topk, visible) are
- * chosen (descending score, the lower entry first on a tie).
+ * chosen (descending score, the lower entry first on a tie; kc_v4_topk).
+ *
+ * An f32 state is scored here, query by query over the CPU backend's threads
+ * (the reference); an FP8 state's keys by kc_v4_index_scores, split over the
+ * threads by keys (decode has one query), which gives the same bits: the
+ * queries are on the FP4 grid, so every product is exact and the sums run in
+ * the same order.
  */
 #include <math.h>
 #include <string.h>
@@ -14,67 +20,6 @@
 #include "eng_v4_forward.h"
 #include "eng_v4_ops.h"
 #include "mls_alloc.h"
-
-/* Is (sa, ja) ranked below (sb, jb)? Higher score first, then lower entry. */
-static bool v4_ranks_below(float sa, int32_t ja, float sb, int32_t jb)
-{
-    return sa < sb || (sa == sb && ja > jb);
-}
-
-/* Sift heap[i] down in a min-heap (the worst kept entry on top) of n. */
-static void v4_heap_down(int32_t *heap, int32_t n, int32_t i, const float *score)
-{
-    for (;;) {
-        int32_t l = 2 * i + 1, rr = l + 1, w = i;
-        if (l < n && v4_ranks_below(score[heap[l]], heap[l], score[heap[w]], heap[w])) {
-            w = l;
-        }
-        if (rr < n && v4_ranks_below(score[heap[rr]], heap[rr], score[heap[w]], heap[w])) {
-            w = rr;
-        }
-        if (w == i) {
-            return;
-        }
-        int32_t tmp = heap[i];
-        heap[i] = heap[w];
-        heap[w] = tmp;
-        i = w;
-    }
-}
-
-/* sel (k) = the k best of score (n) by v4_ranks_below, best first. */
-static void v4_topk(const float *score, int32_t n, int32_t k, int32_t *sel)
-{
-    int32_t m = 0;
-
-    for (int32_t j = 0; j < n; j++) {
-        if (m < k) {
-            /* sift up */
-            int32_t i = m++;
-            sel[i] = j;
-            while (i > 0) {
-                int32_t p = (i - 1) / 2;
-                if (!v4_ranks_below(score[sel[i]], sel[i], score[sel[p]], sel[p])) {
-                    break;
-                }
-                int32_t tmp = sel[i];
-                sel[i] = sel[p];
-                sel[p] = tmp;
-                i = p;
-            }
-        } else if (v4_ranks_below(score[sel[0]], sel[0], score[j], j)) {
-            sel[0] = j;
-            v4_heap_down(sel, m, 0, score);
-        }
-    }
-    /* heap sort: pop the worst to the back */
-    for (int32_t end = m - 1; end > 0; end--) {
-        int32_t tmp = sel[0];
-        sel[0] = sel[end];
-        sel[end] = tmp;
-        v4_heap_down(sel, end, 0, score);
-    }
-}
 
 /* Scores and selections of queries, split over the CPU backend's threads by query. */
 typedef struct {
@@ -113,17 +58,43 @@ static void v4_idx_task(void *arg, int task, int n_tasks)
             }
             score[e] = s;
         }
-        k = n_vis < j->topk ? n_vis : j->topk;
-        v4_topk(score, n_vis, k, st_sel);
+        k = (int32_t)kc_v4_topk(score, n_vis, j->topk, st_sel);
         for (int32_t i = k; i < j->topk; i++) {
             st_sel[i] = -1;
         }
     }
 }
 
+/* The FP8 state: per query, the kernels over the stored keys. */
+static void v4_idx_select_fp8(kc_pool *pool, const float *q, const float *wts, const uint8_t *keys,
+                              int32_t n_keys, int32_t T, int32_t pos0, int32_t IH, int32_t Id,
+                              int32_t topk, float *score, int32_t *sel)
+{
+    for (int32_t t = 0; t < T; t++) {
+        int32_t n_vis = (pos0 + t + 1) / 4, k;
+        int32_t *st_sel = sel + (int64_t)t * topk;
+        if (n_vis > n_keys) {
+            n_vis = n_keys;
+        }
+        kc_v4_index_params p = {keys,
+                                n_vis,
+                                KVL_ROW_BYTES_V4_INDEXER((uint32_t)Id),
+                                IH,
+                                Id,
+                                q + (int64_t)t * IH * Id,
+                                wts + (int64_t)t * IH,
+                                score};
+        kc_v4_index_scores(pool, &p);
+        k = (int32_t)kc_v4_topk(score, n_vis, topk, st_sel);
+        for (int32_t i = k; i < topk; i++) {
+            st_sel[i] = -1;
+        }
+    }
+}
+
 mls_status eng_v4_indexer_select(eng_v4_ctx *ctx, int32_t layer, const float *qr, const float *x,
-                                 int32_t T, int32_t pos0, const float *keys, int32_t n_keys,
-                                 int32_t *sel, mls_err *err)
+                                 int32_t T, int32_t pos0, kvl_dtype dtype, const uint8_t *keys,
+                                 int32_t n_keys, int32_t *sel, mls_err *err)
 {
     const eng_config *c = &ctx->model->cfg;
     const eng_v4_layer *L = &ctx->model->layers[layer];
@@ -158,11 +129,14 @@ mls_status eng_v4_indexer_select(eng_v4_ctx *ctx, int32_t layer, const float *qr
             wts[t * IH + hd] = wts[t * IH + hd] * wscale * hscale;
         }
     }
-    {
-        /* the CPU backend's context is its kc_pool (a V4 context is CPU-only) */
-        kc_pool *pool = ctx->bctx;
+    /* the CPU backend's context is its kc_pool (a V4 context is CPU-only) */
+    kc_pool *pool = ctx->bctx;
+    if (dtype == KVL_DTYPE_FP8) {
+        v4_idx_select_fp8(pool, q, wts, keys, n_keys, T, pos0, IH, Id, topk, score, sel);
+    } else {
         int32_t n_tasks = T < kc_pool_size(pool) ? T : kc_pool_size(pool);
-        v4_idx_job job = {q, wts, keys, n_keys, sel, score, T, pos0, IH, Id, topk};
+        v4_idx_job job = {q, wts, (const float *)(const void *)keys, n_keys, sel, score, T, pos0,
+                          IH, Id, topk};
         kc_pool_run(pool, v4_idx_task, &job, n_tasks);
     }
 
