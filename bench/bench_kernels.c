@@ -11,6 +11,11 @@
  *   (intensity below or above the machine balance).
  *   GEMV (decode projections, weights larger than LLC): bandwidth fraction.
  *   GEMM (prefill, 512 tokens): GFLOP/s and fraction of the FMA peak.
+ *   DeepSeek-V4 decode at V4-Flash's dimensions, 128k and 1M context (16k with
+ *   --quick): indexer scores + top-512 over context/4 FP4 keys, sparse
+ *   attention over window 128 + 512 entries, HCA over window 128 +
+ *   context/128 entries; each against the bound that applies (all three are
+ *   compute-bound on a CPU: FMA peak), with a paired FMA-peak probe per rep.
  *
  * Every figure is min / median / max over --reps runs. Each rep of a case is
  * paired with a read-bandwidth probe taken just before it (one pass over as
@@ -391,13 +396,239 @@ out_free:
     return rc;
 }
 
+/* ---- DeepSeek-V4 decode ----------------------------------------------------------- */
+
+/* V4-Flash's dimensions (README-v4 section 1): the lightning indexer's 64
+ * heads x 128 dims over FP4 keys (68 B), top-512; attention of 64 heads of
+ * dim 512 (nope 448 as e4m3 per 64 + UE8M0, rope 64 bf16: 584-B rows) over
+ * the window (128 rows) and the chosen or all compressed entries. */
+#define BK_V4_IH   64
+#define BK_V4_ID   128
+#define BK_V4_TOPK 512
+#define BK_V4_H    64
+#define BK_V4_NOPE 448
+#define BK_V4_ROPE 64
+#define BK_V4_W    128
+
+typedef enum {
+    BK_V4_INDEXER, /* scores over context/4 keys + top-512 */
+    BK_V4_SPARSE,  /* attention over window 128 + 512 chosen CSA entries */
+    BK_V4_HCA,     /* attention over window 128 + all context/128 HCA entries */
+} bk_v4_kind;
+
+static const char *const bk_v4_names[] = {"indexer", "sparse_attention", "hca"};
+
+/* A random FP8 V4 entry (valid codes, scales near 2^-8). */
+static void bk_v4_entry(uint8_t *row)
+{
+    uint8_t *sc = row + BK_V4_NOPE, *rp = sc + KVL_V4_SCALE_BYTES(BK_V4_NOPE);
+    for (int i = 0; i < BK_V4_NOPE; i++) {
+        row[i] = mls_f32_to_fp8_e4m3(bk_rand() * 400.0f);
+    }
+    memset(sc, 0, KVL_V4_SCALE_BYTES(BK_V4_NOPE));
+    for (int b = 0; b < BK_V4_NOPE / 64; b++) {
+        sc[b] = (uint8_t)(119 + (int)(bk_rand() * 2.0f));
+    }
+    for (int i = 0; i < BK_V4_ROPE; i++) {
+        uint16_t h = mls_f32_to_bf16(bk_rand());
+        memcpy(rp + 2 * i, &h, 2);
+    }
+}
+
+/* One V4 decode case: one query at `context` tokens. Per rep, a read-bandwidth
+ * probe and an FMA-peak probe are taken just before the timed loop; the ratio
+ * to the bound that applies (compute when the case's FLOP per byte is above
+ * the machine balance) is the per-rep ratio to its probe. */
+static int bk_v4_run(bk_ctx *c, bk_v4_kind kind, int64_t context)
+{
+    const int64_t kb = KVL_ROW_BYTES_V4_INDEXER(BK_V4_ID);
+    const int64_t rb = KVL_ROW_BYTES_V4_ENTRY(BK_V4_NOPE, BK_V4_ROPE);
+    const int32_t d = BK_V4_NOPE + BK_V4_ROPE;
+    int64_t n_keys = context / 4, n_ent = kind == BK_V4_HCA ? context / 128 : context / 4;
+    int64_t n_rows = kind == BK_V4_SPARSE ? BK_V4_W + BK_V4_TOPK : BK_V4_W + n_ent;
+    uint8_t *data = NULL;
+    const uint8_t **ptrs = NULL;
+    float *q = NULL, *w = NULL, *score = NULL, *out = NULL, *sink = NULL;
+    int32_t *sel = NULL;
+    double t[BK_MAX_REPS], pr[BK_MAX_REPS], pf[BK_MAX_REPS], bytes, flops, est;
+    size_t data_bytes;
+    int copies, sets = 1, iters, rc = 1;
+
+    if (kind == BK_V4_INDEXER) {
+        data_bytes = (size_t)(n_keys * kb);
+        copies = bk_copies(c, data_bytes);
+        bytes = (double)n_keys * kb + (BK_V4_IH * BK_V4_ID + BK_V4_IH) * 4.0 + n_keys * 4.0;
+        flops = 2.0 * BK_V4_IH * BK_V4_ID * (double)n_keys;
+    } else {
+        /* window rows, then the entries; HCA cycles through copies of both, sparse
+         * attention through sets of chosen rows scattered over all the entries */
+        data_bytes = (size_t)((BK_V4_W + n_ent) * rb);
+        copies = kind == BK_V4_HCA ? bk_copies(c, data_bytes) : 1;
+        sets = kind == BK_V4_HCA ? copies : 64;
+        bytes = (double)n_rows * rb + 2.0 * BK_V4_H * d * 4.0;
+        flops = 4.0 * BK_V4_H * d * (double)n_rows;
+    }
+    data = bk_alloc64(data_bytes * (size_t)copies);
+    q = malloc(sizeof(float) * BK_V4_H * d);
+    out = malloc(sizeof(float) * BK_V4_H * d);
+    w = malloc(sizeof(float) * BK_V4_IH);
+    sink = malloc(sizeof(float) * BK_V4_H);
+    score = malloc(sizeof(float) * (size_t)(n_keys > 0 ? n_keys : 1));
+    sel = malloc(sizeof(int32_t) * BK_V4_TOPK);
+    ptrs = malloc(sizeof(*ptrs) * (size_t)(n_rows * sets));
+    if (!data || !q || !out || !w || !sink || !score || !sel || !ptrs) {
+        fprintf(stderr, "bench kernels: out of memory for the V4 %s case\n", bk_v4_names[kind]);
+        goto out_free;
+    }
+    if (kind == BK_V4_INDEXER) {
+        for (size_t i = 0; i < data_bytes; i++) {
+            data[i] = (uint8_t)(bk_rand() * 128.0f + 128.0f);
+        }
+        for (int64_t j = 0; j < n_keys; j++) {
+            for (int b = 0; b < BK_V4_ID / 32; b++) {
+                data[j * kb + BK_V4_ID / 2 + b] = (uint8_t)(125 + (int)(bk_rand() * 2.0f));
+            }
+        }
+        /* queries on the FP4 grid, as the indexer quantizes them */
+        for (int i = 0; i < BK_V4_IH * BK_V4_ID; i++) {
+            static const float grid[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+            q[i] = grid[(int)(bk_rand() * 3.999f + 4.0f)] * (bk_rand() < 0 ? -0.125f : 0.125f);
+        }
+        for (int h = 0; h < BK_V4_IH; h++) {
+            w[h] = bk_rand() * 0.01f;
+        }
+    } else {
+        for (int64_t i = 0; i < 64 && i < BK_V4_W + n_ent; i++) {
+            bk_v4_entry(data + i * rb);
+        }
+        for (int64_t i = 64; i < BK_V4_W + n_ent; i++) {
+            memcpy(data + i * rb, data + (i % 64) * rb, (size_t)rb);
+        }
+        for (int i = 0; i < BK_V4_H * d; i++) {
+            q[i] = bk_rand();
+        }
+        for (int h = 0; h < BK_V4_H; h++) {
+            sink[h] = bk_rand();
+        }
+        for (int s = 0; s < sets; s++) {
+            const uint8_t *base = data + (size_t)(kind == BK_V4_HCA ? s : 0) * data_bytes;
+            const uint8_t **ps = ptrs + (int64_t)s * n_rows;
+            for (int64_t i = 0; i < BK_V4_W; i++) {
+                ps[i] = base + i * rb;
+            }
+            for (int64_t i = BK_V4_W; i < n_rows; i++) {
+                int64_t e = kind == BK_V4_HCA
+                                ? i - BK_V4_W
+                                : (int64_t)((bk_rand() * 0.5 + 0.5) * (double)(n_ent - 1));
+                ps[i] = base + (BK_V4_W + e) * rb;
+            }
+        }
+    }
+    for (int k = 1; k < copies; k++) {
+        memcpy(data + (size_t)k * data_bytes, data, data_bytes);
+    }
+    est = fmax(bytes / c->bw, flops / c->peak);
+    iters = (int)ceil((c->o.quick ? 0.01 : 0.04) / est);
+    iters = iters < 1 ? 1 : (iters > 1000 ? 1000 : iters);
+    for (int r = -1; r < c->o.reps; r++) { /* rep -1 warms */
+        double t0;
+        if (r >= 0) {
+            pr[r] = bk_probe_bw(c);
+            pf[r] = kc_measure_peak_flops(c->pool, 1);
+            pf[r] = pf[r] > 0 ? pf[r] : c->peak;
+        }
+        t0 = mls_now_s();
+        for (int i = 0; i < (r < 0 ? 1 : iters); i++) {
+            if (kind == BK_V4_INDEXER) {
+                kc_v4_index_params p = {.keys = data + (size_t)(i % copies) * data_bytes,
+                                        .n_keys = n_keys,
+                                        .row_bytes = kb,
+                                        .n_heads = BK_V4_IH,
+                                        .head_dim = BK_V4_ID,
+                                        .q = q,
+                                        .w = w,
+                                        .score = score};
+                kc_v4_index_scores(c->pool, &p);
+                kc_v4_topk(score, n_keys, BK_V4_TOPK, sel);
+            } else {
+                kc_v4_attn_params p = {.n_heads = BK_V4_H,
+                                       .nope = BK_V4_NOPE,
+                                       .rope = BK_V4_ROPE,
+                                       .softmax_scale = 1.0f / sqrtf((float)d),
+                                       .sink = sink,
+                                       .q = q,
+                                       .rows = ptrs + (int64_t)(i % sets) * n_rows,
+                                       .n_q = 1,
+                                       .k = (int32_t)n_rows,
+                                       .out = out};
+                kc_v4_attn(c->pool, &p);
+            }
+        }
+        if (r >= 0) {
+            t[r] = (mls_now_s() - t0) / iters;
+        }
+    }
+    {
+        double intensity = flops / bytes;
+        int compute = intensity > c->peak / c->bw;
+        bench_stat ts = bench_stat_of(t, c->o.reps);
+        bench_stat bw = {bytes / ts.max, bytes / ts.med, bytes / ts.min};
+        bench_stat gf = {flops / ts.max / 1e9, flops / ts.med / 1e9, flops / ts.min / 1e9};
+        bench_stat bw_ratio = bk_paired_ratio(bytes, t, pr, c->o.reps);
+        bench_stat pk_ratio = bk_paired_ratio(flops, t, pf, c->o.reps);
+        bench_stat bound_ratio = compute ? pk_ratio : bw_ratio;
+        double probe_bw = bench_stat_of(pr, c->o.reps).med;
+        double probe_pk = bench_stat_of(pf, c->o.reps).med;
+        if (c->o.json) {
+            bk_json_item_begin(c);
+            fprintf(c->out,
+                    "\"case\": \"%s\", \"context\": %lld, \"rows\": %lld, \"heads\": %d, "
+                    "\"dim\": %d, \"bytes\": %.6g, \"flops\": %.6g, "
+                    "\"intensity_flop_per_byte\": %.6g, \"bound\": \"%s\", ",
+                    bk_v4_names[kind], (long long)context,
+                    (long long)(kind == BK_V4_INDEXER ? n_keys : n_rows),
+                    kind == BK_V4_INDEXER ? BK_V4_IH : BK_V4_H,
+                    kind == BK_V4_INDEXER ? BK_V4_ID : d, bytes, flops, intensity,
+                    compute ? "compute" : "memory");
+            bk_json_stat(c->out, "time_ms", bench_stat_scale(ts, 1e3), 0);
+            bk_json_stat(c->out, "gflops", gf, 0);
+            bk_json_stat(c->out, "peak_flops_ratio", pk_ratio, 0);
+            bk_json_stat(c->out, "bandwidth_gbs", bench_stat_scale(bw, 1e-9), 0);
+            bk_json_stat(c->out, "bandwidth_ratio", bw_ratio, 0);
+            bk_json_stat(c->out, "bound_ratio", bound_ratio, 0);
+            fprintf(c->out, "\"probe_bandwidth_gbs\": %.6g, \"probe_gflops\": %.6g}",
+                    probe_bw * 1e-9, probe_pk * 1e-9);
+        } else {
+            printf("  %-16s %8lld %7lld %9.3f  %6.1f %6.1f %6.1f  %4.2f %4.2f %4.2f %6.1f  "
+                   "%6.1f %4.2f %6.1f %7.1f  %s\n",
+                   bk_v4_names[kind], (long long)context,
+                   (long long)(kind == BK_V4_INDEXER ? n_keys : n_rows), ts.med * 1e3, gf.min,
+                   gf.med, gf.max, pk_ratio.min, pk_ratio.med, pk_ratio.max, probe_pk / 1e9,
+                   bw.med / 1e9, bw_ratio.med, probe_bw / 1e9, intensity,
+                   compute ? "compute" : "memory");
+        }
+    }
+    rc = 0;
+out_free:
+    free(data);
+    free(ptrs);
+    free(q);
+    free(w);
+    free(score);
+    free(out);
+    free(sink);
+    free(sel);
+    return rc;
+}
+
 /* ---- driver -------------------------------------------------------------------------- */
 
 static void bk_usage(FILE *f)
 {
     fprintf(f, "usage: mlaserve bench kernels [--json] [--quick] [--threads N] [--reps N]\n"
                "  CPU kernel throughput vs this machine's measured bandwidth and FMA peak:\n"
-               "  MLA decode attention (bf16/fp8 KV), GEMV (decode), GEMM (prefill).\n"
+               "  MLA decode attention (bf16/fp8 KV), GEMV (decode), GEMM (prefill),\n"
+               "  DeepSeek-V4 decode (indexer, sparse attention, HCA at 128k and 1M).\n"
                "  --json       one JSON object instead of tables\n"
                "  --quick      small grid, 64 MiB streamed per case: a smoke run (< 10 s);\n"
                "               the figures to quote come from the full run\n"
@@ -551,6 +782,27 @@ int mls_cmd_bench_kernels(int argc, char **argv)
         rc = bk_matmul_run(&c, KC_DTYPE_BF16, d, d, n, 1);
         if (rc == 0) {
             rc = bk_matmul_run(&c, KC_DTYPE_FP8_E4M3, d, d, n, 1);
+        }
+    }
+    if (c.o.json) {
+        printf("\n ],\n \"v4_decode\": [");
+    } else {
+        printf("\nDeepSeek-V4 decode, V4-Flash dimensions, 1 query (indexer: 64 heads x 128 over "
+               "68-B FP4 keys, scores + top-512;\n"
+               "  attention: 64 heads x 512 over 584-B FP8 rows, window 128 + top-512 / all HCA "
+               "entries); bound ratio per rep vs a probe taken just before it\n");
+        printf("  case              context    rows    med ms  GFLOP/s min/med/max  peak ratio     "
+               "probe    GB/s bw/probe probe  FLOP/B  bound\n");
+    }
+    c.first_item = 1;
+    {
+        static const int64_t full_ctx[] = {131072, 1048576}, quick_ctx[] = {16384};
+        const int64_t *ctxs = c.o.quick ? quick_ctx : full_ctx;
+        int n_ctx = c.o.quick ? 1 : 2;
+        for (int i = 0; i < n_ctx && rc == 0; i++) {
+            for (int k = 0; k < 3 && rc == 0; k++) {
+                rc = bk_v4_run(&c, (bk_v4_kind)k, ctxs[i]);
+            }
         }
     }
     if (c.o.json) {

@@ -249,8 +249,8 @@ static void kc_v4_attn_task(void *arg, int task, int n_tasks)
     int64_t ld = j->ld;
     const uint8_t *const *rows = p->rows + (int64_t)t * p->k;
     const uint8_t *blk[KC_V4_ROWS];
-    size_t floats = (size_t)KC_V4_ROWS * ld + 2 * (size_t)hg * ld + (size_t)hg * KC_V4_ROWS +
-                    2 * (size_t)hg;
+    size_t floats =
+        (size_t)KC_V4_ROWS * ld + 2 * (size_t)hg * ld + (size_t)hg * KC_V4_ROWS + 2 * (size_t)hg;
     float *tile = kc_scratch_get(2, floats * sizeof(float)), *qs, *o, *s, *m, *l;
     int64_t n_valid = 0;
     (void)n_tasks;
@@ -332,7 +332,11 @@ void kc_v4_attn(kc_pool *pool, const kc_v4_attn_params *p)
     }
     int32_t per = (p->n_heads + groups - 1) / groups;
     groups = (p->n_heads + per - 1) / per;
-    kc_v4_attn_job job = {p,   kc_ops_active(), kc_v4_ops_active(), groups, per,
+    kc_v4_attn_job job = {p,
+                          kc_ops_active(),
+                          kc_v4_ops_active(),
+                          groups,
+                          per,
                           ((int64_t)(p->nope + p->rope) + 15) / 16 * 16};
     kc_pool_run(pool, kc_v4_attn_task, &job, p->n_q * groups);
 }

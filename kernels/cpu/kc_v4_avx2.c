@@ -1,4 +1,4 @@
-/* kc_v4_avx2.c - DeepSeek-V4 decode kernels: the AVX2+FMA table (kc_v4_impl.h at width 8). */
+/* kc_v4_avx2.c - the DeepSeek-V4 decode kernel table at avx2 width (kc_v4_impl.h). */
 #define KC_SIMD 1
 #include "kc_v4_impl.h"
 

@@ -1,4 +1,4 @@
-/* kc_v4_avx512.c - DeepSeek-V4 decode kernels: the AVX-512 table (kc_v4_impl.h at width 16). */
+/* kc_v4_avx512.c - the DeepSeek-V4 decode kernel table at avx512 width (kc_v4_impl.h). */
 #define KC_SIMD 2
 #include "kc_v4_impl.h"
 

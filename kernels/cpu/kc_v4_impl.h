@@ -76,8 +76,8 @@ static void kc_v4_keys_decode_vl(const uint8_t *base, const int32_t *off, int32_
 }
 
 /* s[0:KC_V4_KB] += the head sum over heads [h0, h0 + mh) for the keys of tile. */
-KC_AI void kc_v4_heads(int mh, const kc_v4_index_params *p, int32_t h0, const float *tile,
-                       V *s0, V *s1)
+KC_AI void kc_v4_heads(int mh, const kc_v4_index_params *p, int32_t h0, const float *tile, V *s0,
+                       V *s1)
 {
     V a[KC_V4_MH][2];
     const float *q = p->q + (int64_t)h0 * p->head_dim;
@@ -140,7 +140,8 @@ static void kc_v4_vec_row_decode(const uint8_t *const *rows, int n_rows, int32_t
             continue;
         }
         const uint8_t *sc = row + nope;
-        const uint16_t *rp = (const uint16_t *)(const void *)(sc + KVL_V4_SCALE_BYTES((uint32_t)nope));
+        const uint16_t *rp =
+            (const uint16_t *)(const void *)(sc + KVL_V4_SCALE_BYTES((uint32_t)nope));
         for (int32_t b = 0; b < nope / 64; b++) {
             /* raw e4m3 is code * 2^-120: times 2^(scale - 7), in two steps past 2^127 */
             int e = sc[b];
@@ -164,6 +165,4 @@ static void kc_v4_vec_row_decode(const uint8_t *const *rows, int n_rows, int32_t
     }
 }
 
-#define KC_V4_OPS_ENTRIES                        \
-    .index_scores = kc_v4_vec_index_scores,      \
-    .row_decode = kc_v4_vec_row_decode
+#define KC_V4_OPS_ENTRIES .index_scores = kc_v4_vec_index_scores, .row_decode = kc_v4_vec_row_decode

@@ -1,4 +1,4 @@
-/* kc_v4_scalar.c - DeepSeek-V4 decode kernels: the scalar kernel table (kc_v4_impl.h at width 1). */
+/* kc_v4_scalar.c - the DeepSeek-V4 decode kernel table at scalar width (kc_v4_impl.h). */
 #define KC_SIMD 0
 #include "kc_v4_impl.h"
 

@@ -1,7 +1,8 @@
 /*
  * test_bench_kernels.c - `mlaserve bench kernels --quick --json` prints one
- * JSON object with every figure present, finite and positive. Checks the
- * report's shape only, never the machine's speed.
+ * JSON object with every figure present, finite and positive (MLA decode,
+ * GEMV, GEMM, DeepSeek-V4 decode). Checks the report's shape only, never the
+ * machine's speed.
  */
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -119,6 +120,26 @@ static void test_bench_json(void)
     cJSON_ArrayForEach(item, arr) {
         CHECK(stat_ok(item, "gflops") && stat_ok(item, "peak_flops_ratio"));
         CHECK(num_ok(item, "n") && num_ok(item, "rows") && num_ok(item, "cols"));
+    }
+    /* DeepSeek-V4 decode: indexer, sparse attention, HCA (one context with --quick) */
+    arr = cJSON_GetObjectItemCaseSensitive(root, "v4_decode");
+    CHECK(cJSON_IsArray(arr) && cJSON_GetArraySize(arr) == 3);
+    n = 0;
+    cJSON_ArrayForEach(item, arr) {
+        static const char *const cases[] = {"indexer", "sparse_attention", "hca"};
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(item, "case");
+        const cJSON *bound = cJSON_GetObjectItemCaseSensitive(item, "bound");
+        CHECK(cJSON_IsString(name) && strcmp(name->valuestring, cases[n]) == 0);
+        CHECK(num_ok(item, "context") && num_ok(item, "rows") && num_ok(item, "heads"));
+        CHECK(num_ok(item, "dim") && num_ok(item, "bytes") && num_ok(item, "flops"));
+        CHECK(num_ok(item, "intensity_flop_per_byte"));
+        CHECK(num_ok(item, "probe_bandwidth_gbs") && num_ok(item, "probe_gflops"));
+        CHECK(stat_ok(item, "time_ms") && stat_ok(item, "gflops"));
+        CHECK(stat_ok(item, "peak_flops_ratio") && stat_ok(item, "bandwidth_gbs"));
+        CHECK(stat_ok(item, "bandwidth_ratio") && stat_ok(item, "bound_ratio"));
+        CHECK(cJSON_IsString(bound) && (strcmp(bound->valuestring, "memory") == 0 ||
+                                        strcmp(bound->valuestring, "compute") == 0));
+        n++;
     }
     cJSON_Delete(root);
 }
