@@ -246,7 +246,7 @@ static void kc_v4_attn_task(void *arg, int task, int n_tasks)
     int32_t t = task / j->n_groups, h0 = (task % j->n_groups) * j->heads_per_group;
     int32_t hg = p->n_heads - h0 < j->heads_per_group ? p->n_heads - h0 : j->heads_per_group;
     int32_t d = p->nope + p->rope;
-    int64_t ld = j->ld;
+    int64_t ld = j->ld, row_bytes = KVL_ROW_BYTES_V4_ENTRY((uint32_t)p->nope, (uint32_t)p->rope);
     const uint8_t *const *rows = p->rows + (int64_t)t * p->k;
     const uint8_t *blk[KC_V4_ROWS];
     size_t floats =
@@ -280,6 +280,17 @@ static void kc_v4_attn_task(void *arg, int task, int n_tasks)
         }
         if (nt == 0) {
             continue;
+        }
+        /* chosen entries lie anywhere in the state: ask for the next block's
+         * rows while this one is computed */
+        for (int32_t r2 = r, n2 = 0; r2 < p->k && n2 < KC_V4_ROWS; r2++) {
+            if (rows[r2] != NULL) {
+                for (int64_t b = 0; b < row_bytes; b += 64) {
+                    __builtin_prefetch(rows[r2] + b, 0, 2);
+                }
+                __builtin_prefetch(rows[r2] + row_bytes - 1, 0, 2);
+                n2++;
+            }
         }
         n_valid += nt;
         j->v4->row_decode(blk, nt, p->nope, p->rope, tile, ld);
