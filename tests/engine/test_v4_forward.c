@@ -548,6 +548,14 @@ static void test_handoff(void)
 
 /* seq1's prompt in chunks of `chunk` gives one prefill call's last logits and the
  * same state (up to isolated FP8 flips, README-v4 section 6). */
+
+/* n bytes at a and b differ (n == 0: a window-only layer has no entries, and
+ * its NULL arrays must not reach memcmp). */
+static int bytes_differ(const void *a, const void *b, size_t n)
+{
+    return n > 0 && memcmp(a, b, n) != 0;
+}
+
 static void check_chunks(v4_fixture *f, const char *name, int32_t chunk, kvl_dtype dtype)
 {
     const eng_config *c = &f->model->cfg;
@@ -573,9 +581,9 @@ static void check_chunks(v4_fixture *f, const char *name, int32_t chunk, kvl_dty
         /* stored rows: byte for byte (up to isolated FP8 flips, counted as "off") */
         eng_v4_layer_state *x = &a->layers[l], *y = &b->layers[l];
         CHECK_EQ_INT(x->n_entries, y->n_entries);
-        sc.off += memcmp(x->window, y->window, (size_t)x->W * x->kv_row) != 0;
-        sc.off += memcmp(x->comp, y->comp, (size_t)x->n_entries * x->kv_row) != 0;
-        sc.off += memcmp(x->idx_keys, y->idx_keys, (size_t)x->n_entries * x->idx_row) != 0;
+        sc.off += bytes_differ(x->window, y->window, (size_t)x->W * x->kv_row);
+        sc.off += bytes_differ(x->comp, y->comp, (size_t)x->n_entries * x->kv_row);
+        sc.off += bytes_differ(x->idx_keys, y->idx_keys, (size_t)x->n_entries * x->idx_row);
     }
     for (int32_t l = 0; dtype == KVL_DTYPE_F32 && l < a->n_layers; l++) {
         eng_v4_layer_state *x = &a->layers[l], *y = &b->layers[l];
