@@ -345,14 +345,24 @@ void rt_nodes_close_all(rt_router *rt)
 
 uint32_t rt_context_limit(rt_router *rt)
 {
-    uint32_t limit = 0;
+    uint32_t decode = 0, prefill = 0;
+
     for (rt_node *n = rt->nodes; n != NULL; n = n->next) {
-        if (rt_node_alive(n) && n->role != MLASERVE__ROLE__ROLE_PREFILL) {
-            uint32_t l = n->max_seq_len ? n->max_seq_len : n->pages_total * KVL_PAGE_TOKENS;
-            limit = l > limit ? l : limit;
+        uint32_t l = n->max_seq_len ? n->max_seq_len : n->pages_total * KVL_PAGE_TOKENS;
+        if (!rt_node_alive(n)) {
+            continue;
+        }
+        if (n->role != MLASERVE__ROLE__ROLE_PREFILL) { /* decode or colocated: the whole sequence */
+            decode = l > decode ? l : decode;
+        }
+        if (n->role != MLASERVE__ROLE__ROLE_DECODE) { /* prefill or colocated: the prompt */
+            prefill = l > prefill ? l : prefill;
         }
     }
-    return limit;
+    /* The prompt must fit a prefill node too: the context promised is what
+     * both hold, so an over-long prompt is a 400 up front, never retried. With
+     * no prefill node yet the decode side decides (the capacity wait applies). */
+    return prefill > 0 && prefill < decode ? prefill : decode;
 }
 
 static rt_node *rt_pick_kv_node(rt_router *rt, Mlaserve__Role role, uint32_t n_pages,

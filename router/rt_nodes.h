@@ -67,6 +67,9 @@ rt_node *rt_pick_prefill(rt_router *rt, const int32_t *prompt, int32_t n_prompt,
 rt_node *rt_pick_colocated(rt_router *rt, uint32_t n_pages, const rt_node *avoid);
 void rt_node_send(rt_node *node, const Mlaserve__Envelope *env);
 bool rt_node_alive(const rt_node *node);
+/* The context the router enforces and reports (/v1/models max_model_len): the
+ * longest sequence that fits both a decode node (prompt + completion) and a
+ * prefill node (the prompt), over the live nodes; 0 with no decode path. */
 uint32_t rt_context_limit(rt_router *rt);
 void rt_nodes_update_gauges(rt_router *rt);
 void rt_nodes_close_all(rt_router *rt);

@@ -7,7 +7,10 @@
  *    (a new router pid, the nodes registered again);
  *  - two routers front the same nodes (each node is given both): either
  *    serves, one dies and the other keeps serving, and the dead one restarted
- *    on its fixed ports has the nodes back within 5 s.
+ *    on its fixed ports has the nodes back within 5 s;
+ *  - the context the router promises counts the prefill nodes too: a prompt
+ *    that fits the decode node but not the prefill node is a 400
+ *    context_length_exceeded at once, and /v1/models says the same limit.
  * The model is the project's demo model, generated into a temp dir.
  */
 #include <cjson/cJSON.h>
@@ -265,6 +268,55 @@ static void test_two_routers_share_nodes(void)
     free(ta2);
 }
 
+/* A prefill node holding 2 pages (128 tokens) in front of a decode node of 64
+ * pages: a 300-token prompt is refused up front with the 128 the router
+ * reports as max_model_len. */
+static void test_context_counts_prefill(void)
+{
+    router a = {.port = "0", .node_port = "0"};
+    char rt[32], log_p[400], log_d[400], body[4096];
+    pid_t pre, dec;
+    cl_response r = {0};
+    size_t off;
+    double t0;
+
+    snprintf(a.ports_file, sizeof(a.ports_file), "%s/c.ports", tmp_dir);
+    snprintf(a.log, sizeof(a.log), "%s/router-c.log", tmp_dir);
+    snprintf(log_p, sizeof(log_p), "%s/prefill-c.log", tmp_dir);
+    snprintf(log_d, sizeof(log_d), "%s/decode-c.log", tmp_dir);
+    CHECK(router_start(&a) > 0);
+    snprintf(rt, sizeof(rt), "127.0.0.1:%d", a.node);
+    {
+        char *pa[] = {MLS_BIN_DIR "/mlaserve-prefill", "--model", model_dir, "--router", rt, "--threads",
+                      "1", "--kv-pages", "2", "--cluster-key-file", key_file, NULL};
+        char *da[] = {MLS_BIN_DIR "/mlaserve-decode", "--model", model_dir, "--router", rt, "--threads",
+                      "1", "--kv-pages", "64", "--cluster-key-file", key_file, NULL};
+        pre = spawn(pa, log_p);
+        dec = spawn(da, log_d);
+    }
+    CHECK(wait_ready(a.http, 60) >= 0);
+    CHECK_EQ_INT(cl_get(a.http, "/v1/models", 10, &r), 0);
+    CHECK_MSG(r.body != NULL && strstr(r.body, "\"max_model_len\":128") != NULL, "/v1/models: %s",
+              r.body ? r.body : "");
+    cl_response_free(&r);
+    off = (size_t)snprintf(body, sizeof(body), "{\"max_tokens\":4,\"prompt\":[");
+    for (int i = 0; i < 300; i++) {
+        off += (size_t)snprintf(body + off, sizeof(body) - off, "%s%d", i ? "," : "", 10 + i % 90);
+    }
+    snprintf(body + off, sizeof(body) - off, "]}");
+    t0 = now_s();
+    CHECK_EQ_INT(cl_post(a.http, "/v1/completions", body, 30, &r), 0);
+    CHECK_EQ_INT(r.status, 400);
+    CHECK_MSG(r.body != NULL && strstr(r.body, "context_length_exceeded") != NULL &&
+                  strstr(r.body, "128") != NULL,
+              "body: %s", r.body ? r.body : "");
+    CHECK_MSG(now_s() - t0 < 2.0, "the refusal took %.2f s (retried?)", now_s() - t0);
+    cl_response_free(&r);
+    stop(pre);
+    stop(dec);
+    stop(a.pid);
+}
+
 int main(void)
 {
     char cmd[1200];
@@ -287,6 +339,7 @@ int main(void)
     }
     MLS_TEST_RUN(test_cluster_up_router_restart);
     MLS_TEST_RUN(test_two_routers_share_nodes);
+    MLS_TEST_RUN(test_context_counts_prefill);
     snprintf(cmd, sizeof(cmd), "rm -rf %s", tmp_dir);
     if (system(cmd) != 0) {
         fprintf(stderr, "cannot remove %s\n", tmp_dir);
