@@ -56,6 +56,9 @@ static void rt_usage(FILE *out)
             "                         by their connection and load reports (3 s), which\n"
             "                         cancel the reservation - the lease is the backstop\n"
             "  --default-max-tokens N chat max_tokens when absent (default 1024)\n"
+            "  --max-model-len N      cap the context (prompt + completion) the router accepts\n"
+            "                         and reports in /v1/models; by default it is what the live\n"
+            "                         prefill and decode nodes can hold\n"
             "  --colocated-only       schedule on colocated nodes only\n"
             "  --cluster-key-file FILE  nodes must prove this key (also\n"
             "                         MLASERVE_CLUSTER_KEY_FILE; mode 0600, >= 32 bytes;\n"
@@ -246,6 +249,7 @@ enum {
     RT_OPT_API_KEY_FILE = 256,
     RT_OPT_METRICS_LISTEN,
     RT_OPT_CAPACITY_WAIT,
+    RT_OPT_MAX_MODEL_LEN,
     RT_OPT_HTTP_MAX_CONN,
     RT_OPT_HTTP_MAX_PER_ADDR,
     RT_OPT_HTTP_FIRST_BYTE,
@@ -264,6 +268,7 @@ static bool rt_option_limit(int opt, const char *arg, rt_router *rt, mls_http_co
 
     switch (opt) {
     case RT_OPT_CAPACITY_WAIT: return rt_parse_u32("--capacity-wait-ms", arg, &rt->capacity_wait_ms);
+    case RT_OPT_MAX_MODEL_LEN: return rt_parse_u32("--max-model-len", arg, &rt->max_model_len);
     case RT_OPT_HTTP_MAX_CONN: return rt_parse_u32("--http-max-connections", arg, &hc->max_connections);
     case RT_OPT_HTTP_MAX_PER_ADDR:
         return rt_parse_u32("--http-max-per-addr", arg, &hc->max_connections_per_addr);
@@ -290,6 +295,7 @@ int main(int argc, char **argv)
         {"api-key-file", required_argument, NULL, RT_OPT_API_KEY_FILE},
         {"metrics-listen", required_argument, NULL, RT_OPT_METRICS_LISTEN},
         {"capacity-wait-ms", required_argument, NULL, RT_OPT_CAPACITY_WAIT},
+        {"max-model-len", required_argument, NULL, RT_OPT_MAX_MODEL_LEN},
         {"http-max-connections", required_argument, NULL, RT_OPT_HTTP_MAX_CONN},
         {"http-max-per-addr", required_argument, NULL, RT_OPT_HTTP_MAX_PER_ADDR},
         {"http-first-byte-ms", required_argument, NULL, RT_OPT_HTTP_FIRST_BYTE},
@@ -372,6 +378,7 @@ int main(int argc, char **argv)
             metrics_listen = optarg;
             break;
         case RT_OPT_CAPACITY_WAIT:
+        case RT_OPT_MAX_MODEL_LEN:
         case RT_OPT_HTTP_MAX_CONN:
         case RT_OPT_HTTP_MAX_PER_ADDR:
         case RT_OPT_HTTP_FIRST_BYTE:

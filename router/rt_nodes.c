@@ -362,7 +362,10 @@ uint32_t rt_context_limit(rt_router *rt)
     /* The prompt must fit a prefill node too: the context promised is what
      * both hold, so an over-long prompt is a 400 up front, never retried. With
      * no prefill node yet the decode side decides (the capacity wait applies). */
-    return prefill > 0 && prefill < decode ? prefill : decode;
+    if (prefill > 0 && prefill < decode) {
+        decode = prefill;
+    }
+    return rt->max_model_len > 0 && decode > rt->max_model_len ? rt->max_model_len : decode;
 }
 
 static rt_node *rt_pick_kv_node(rt_router *rt, Mlaserve__Role role, uint32_t n_pages,

@@ -69,7 +69,8 @@ void rt_node_send(rt_node *node, const Mlaserve__Envelope *env);
 bool rt_node_alive(const rt_node *node);
 /* The context the router enforces and reports (/v1/models max_model_len): the
  * longest sequence that fits both a decode node (prompt + completion) and a
- * prefill node (the prompt), over the live nodes; 0 with no decode path. */
+ * prefill node (the prompt), over the live nodes, capped by --max-model-len; 0
+ * with no decode path. */
 uint32_t rt_context_limit(rt_router *rt);
 void rt_nodes_update_gauges(rt_router *rt);
 void rt_nodes_close_all(rt_router *rt);

@@ -47,6 +47,7 @@ typedef struct rt_router {
     uint32_t max_outstanding;      /* admitted requests at most (429 beyond) */
     uint32_t request_timeout_ms;
     uint32_t capacity_wait_ms;     /* a queued request with no path fails after this */
+    uint32_t max_model_len;        /* --max-model-len: caps the context (0 = no cap) */
     uint32_t lease_ms;
     uint32_t default_max_tokens;
     bool colocated_only;           /* schedule on colocated nodes only */

@@ -10,7 +10,8 @@
  *    on its fixed ports has the nodes back within 5 s;
  *  - the context the router promises counts the prefill nodes too: a prompt
  *    that fits the decode node but not the prefill node is a 400
- *    context_length_exceeded at once, and /v1/models says the same limit.
+ *    context_length_exceeded at once, and /v1/models says the same limit;
+ *    --max-model-len caps it below what the nodes hold.
  * The model is the project's demo model, generated into a temp dir.
  */
 #include <cjson/cJSON.h>
@@ -188,13 +189,15 @@ typedef struct {
     char port[16], node_port[16], ports_file[400], log[400];
     int http, node;
     pid_t pid;
+    const char *max_model_len; /* --max-model-len, or NULL */
 } router;
 
 static pid_t router_start(router *r)
 {
     char *argv[] = {MLS_BIN_DIR "/mlaserve-router", "--tokenizer", model_dir, "--port", r->port,
                     "--node-port", r->node_port, "--port-file", r->ports_file,
-                    "--cluster-key-file", key_file, NULL};
+                    "--cluster-key-file", key_file, r->max_model_len ? "--max-model-len" : NULL,
+                    (char *)r->max_model_len, NULL};
     FILE *f;
 
     unlink(r->ports_file);
@@ -311,6 +314,21 @@ static void test_context_counts_prefill(void)
                   strstr(r.body, "128") != NULL,
               "body: %s", r.body ? r.body : "");
     CHECK_MSG(now_s() - t0 < 2.0, "the refusal took %.2f s (retried?)", now_s() - t0);
+    cl_response_free(&r);
+    stop(a.pid);
+    /* the same nodes behind a router capped at 96 tokens */
+    a.max_model_len = "96";
+    CHECK(router_start(&a) > 0);
+    CHECK(wait_ready(a.http, 15) >= 0);
+    CHECK_EQ_INT(cl_get(a.http, "/v1/models", 10, &r), 0);
+    CHECK_MSG(r.body != NULL && strstr(r.body, "\"max_model_len\":96") != NULL, "/v1/models: %s",
+              r.body ? r.body : "");
+    cl_response_free(&r);
+    CHECK_EQ_INT(cl_post(a.http, "/v1/completions",
+                         "{\"max_tokens\":90,\"prompt\":[10,11,12,13,14,15,16,17,18,19]}", 30, &r),
+                 0);
+    CHECK_EQ_INT(r.status, 400);
+    CHECK(r.body != NULL && strstr(r.body, "context_length_exceeded") != NULL);
     cl_response_free(&r);
     stop(pre);
     stop(dec);
