@@ -38,7 +38,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_HARNESSES ?= http oai proto kv_layout model tokenizer
 .PHONY: fuzz
 fuzz:
-	./deploy/install-fuzz-deps.sh
+	./deploy/install-deps.sh --fuzz
 	cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DMLS_FUZZ=ON -DMLS_CUDA=OFF -DMLS_WERROR=ON
 	cmake --build build-fuzz -j $(JOBS) --target mls_fuzz
 	ctest --test-dir build-fuzz -R '^fuzz_' --output-on-failure

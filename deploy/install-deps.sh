@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # install-deps.sh - install every build and run dependency of mlaserve from
 # Debian packages. Idempotent: does nothing when everything is present.
-# Usage: deploy/install-deps.sh   (as root, or with sudo available)
+# Usage: deploy/install-deps.sh [--fuzz]   (as root, or with sudo available)
+#   --fuzz  also what `make fuzz` needs: Debian's clang with libFuzzer and the
+#           sanitizer runtimes, and llvm-symbolizer for readable crash reports
 set -euo pipefail
 
 pkgs=(
@@ -16,8 +18,19 @@ pkgs=(
   libpcre2-dev                                   # tokenizer pre-tokenizer regexes (Unicode)
   gnuplot-nox                                    # benchmark plots
   curl procps psmisc                             # cluster scripts and tests
+  iproute2                                       # ip netns: the multi-host fault test
   python3                                        # tools/check_includes.py (a ctest test)
 )
+if [[ "${1:-}" == "--fuzz" ]]; then
+  pkgs+=(
+    clang clang-14                               # the compiler the fuzz harnesses need
+    libclang-rt-14-dev                           # libFuzzer, ASan and UBSan runtimes
+    llvm-14                                      # llvm-symbolizer: stack traces in reports
+  )
+elif [[ $# -gt 0 ]]; then
+  echo "usage: deploy/install-deps.sh [--fuzz]" >&2
+  exit 2
+fi
 
 missing=()
 for p in "${pkgs[@]}"; do
