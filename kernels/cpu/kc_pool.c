@@ -6,8 +6,14 @@
  * and only then sleep on a futex. A job is (fn, ctx, n_tasks); participants
  * (the caller included) claim task indices with a CAS on a 64-bit word that
  * holds (generation << 32 | next index), so a worker that wakes late for an
- * old generation can never claim a task of a newer job. The caller returns
- * once every task of its job has completed, without waiting for sleepers.
+ * old generation can never claim a task of a newer job. The task count is
+ * published with its generation in one word (job), and a worker reads it
+ * first: a late worker must never pair an old generation's claim word with a
+ * newer job's count (it would claim index n_old of the old generation and run
+ * it with the new job's fn/ctx - a task run twice and counted in the new
+ * job's done, seen by TSan as a race on the caller's stack). The caller
+ * returns once every task of its job has completed, without waiting for
+ * sleepers.
  */
 #include <errno.h>
 #include <limits.h>
@@ -31,7 +37,7 @@ struct kc_pool {
     pthread_t *threads;
     _Atomic(kc_task_fn) fn;
     _Atomic(void *) ctx;
-    atomic_int n_tasks;
+    atomic_uint_fast64_t job;    /* generation << 32 | n_tasks of that job */
     atomic_uint_fast64_t next;   /* generation << 32 | next task index */
     atomic_int done;             /* tasks of the current job completed */
     atomic_uint gen;             /* futex word: bumped once per job */
@@ -66,10 +72,19 @@ static void kc_futex_wake_all(atomic_uint *word)
 /* Claims and runs tasks of generation g until none is left. */
 static void kc_pool_work(kc_pool *pool, uint32_t g)
 {
-    kc_task_fn fn = atomic_load_explicit(&pool->fn, memory_order_acquire);
-    void *ctx = atomic_load_explicit(&pool->ctx, memory_order_acquire);
-    int n = atomic_load_explicit(&pool->n_tasks, memory_order_acquire);
-    uint64_t v = atomic_load_explicit(&pool->next, memory_order_acquire);
+    uint64_t job = atomic_load_explicit(&pool->job, memory_order_acquire);
+    kc_task_fn fn;
+    void *ctx;
+    int n;
+    uint64_t v;
+
+    if ((uint32_t)(job >> 32) != g) {
+        return; /* a newer job replaced generation g: nothing of g is left */
+    }
+    n = (int)(job & 0xffffffffu);
+    fn = atomic_load_explicit(&pool->fn, memory_order_acquire);
+    ctx = atomic_load_explicit(&pool->ctx, memory_order_acquire);
+    v = atomic_load_explicit(&pool->next, memory_order_acquire);
 
     for (;;) {
         if ((uint32_t)(v >> 32) != g || (int64_t)(v & 0xffffffffu) >= n) {
@@ -212,8 +227,8 @@ void kc_pool_run(kc_pool *pool, kc_task_fn fn, void *ctx, int n_tasks)
     g = atomic_load_explicit(&pool->gen, memory_order_relaxed) + 1;
     atomic_store_explicit(&pool->fn, fn, memory_order_relaxed);
     atomic_store_explicit(&pool->ctx, ctx, memory_order_relaxed);
-    atomic_store_explicit(&pool->n_tasks, n_tasks, memory_order_relaxed);
     atomic_store_explicit(&pool->done, 0, memory_order_relaxed);
+    atomic_store_explicit(&pool->job, (uint64_t)g << 32 | (uint32_t)n_tasks, memory_order_release);
     atomic_store_explicit(&pool->next, (uint64_t)g << 32, memory_order_release);
     atomic_store(&pool->gen, g); /* seq_cst: pairs with the sleepers check below */
     if (atomic_load(&pool->sleepers) > 0) {
