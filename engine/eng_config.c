@@ -323,6 +323,24 @@ static mls_status cfg_positive(const cfg_ctx *c, const char *key, int64_t v)
     return v > 0 ? MLS_OK : cfg_bad(c, key, "must be positive");
 }
 
+/* The checks every model family shares: norms, rotary base, special tokens. */
+static mls_status cfg_validate_shared(const cfg_ctx *c, const eng_config *cfg)
+{
+    if (!(cfg->rms_norm_eps > 0)) {
+        return cfg_bad(c, "rms_norm_eps", "must be positive");
+    }
+    if (!(cfg->rope_theta > 0)) {
+        return cfg_bad(c, "rope_theta", "must be positive");
+    }
+    if (cfg->bos_token_id >= cfg->vocab_size || cfg->bos_token_id < -1) {
+        return cfg_bad(c, "bos_token_id", "is outside the vocabulary");
+    }
+    if (cfg->eos_token_id >= cfg->vocab_size || cfg->eos_token_id < -1) {
+        return cfg_bad(c, "eos_token_id", "is outside the vocabulary");
+    }
+    return MLS_OK;
+}
+
 static mls_status cfg_validate(const cfg_ctx *c, const eng_config *cfg)
 {
     CFG_TRY(cfg_positive(c, "vocab_size", cfg->vocab_size));
@@ -383,19 +401,7 @@ static mls_status cfg_validate(const cfg_ctx *c, const eng_config *cfg)
             return cfg_bad(c, "routed_scaling_factor", "must be positive");
         }
     }
-    if (!(cfg->rms_norm_eps > 0)) {
-        return cfg_bad(c, "rms_norm_eps", "must be positive");
-    }
-    if (!(cfg->rope_theta > 0)) {
-        return cfg_bad(c, "rope_theta", "must be positive");
-    }
-    if (cfg->bos_token_id >= cfg->vocab_size || cfg->bos_token_id < -1) {
-        return cfg_bad(c, "bos_token_id", "is outside the vocabulary");
-    }
-    if (cfg->eos_token_id >= cfg->vocab_size || cfg->eos_token_id < -1) {
-        return cfg_bad(c, "eos_token_id", "is outside the vocabulary");
-    }
-    return MLS_OK;
+    return cfg_validate_shared(c, cfg);
 }
 
 /* ---- DeepSeek-V4 ------------------------------------------------------- */
@@ -584,22 +590,10 @@ static mls_status cfg_v4_validate(const cfg_ctx *c, const eng_config *cfg)
     if (!(v->swiglu_limit >= 0)) {
         return cfg_bad(c, "swiglu_limit", "must be non-negative");
     }
-    if (!(cfg->rms_norm_eps > 0)) {
-        return cfg_bad(c, "rms_norm_eps", "must be positive");
-    }
-    if (!(cfg->rope_theta > 0)) {
-        return cfg_bad(c, "rope_theta", "must be positive");
-    }
     if (!(v->compress_rope_theta > 0)) {
         return cfg_bad(c, "compress_rope_theta", "must be positive");
     }
-    if (cfg->bos_token_id >= cfg->vocab_size || cfg->bos_token_id < -1) {
-        return cfg_bad(c, "bos_token_id", "is outside the vocabulary");
-    }
-    if (cfg->eos_token_id >= cfg->vocab_size || cfg->eos_token_id < -1) {
-        return cfg_bad(c, "eos_token_id", "is outside the vocabulary");
-    }
-    return MLS_OK;
+    return cfg_validate_shared(c, cfg);
 }
 
 /* A deepseek_v4 config: the shared fields, then the V4 part. */
